@@ -1,0 +1,96 @@
+"""What a phase implementation receives as ``ctx``: the typed surface of one request.
+
+The kernel creates one context per request; everything here is valid for that request only.
+These are protocols: the kernel provides the implementation, plugins depend only on this shape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+from .headers import Headers
+
+
+class Vars(Protocol):
+    """APISIX/nginx variables (``uri``, ``host``, ``arg_name``, ``http_x_header``, ``cookie_k``,
+    ``remote_addr``, ``route_id``, ...). Reading an unset variable gives ``None``, never an error.
+    Plugins may set their own variables; later plugins and log formats see them."""
+
+    def __getitem__(self, name: str) -> Any: ...
+
+    def get(self, name: str, default: Any = None) -> Any: ...
+
+    def __setitem__(self, name: str, value: Any) -> None: ...
+
+
+class Request(Protocol):
+    """The client's request as received (after real-IP substitution)."""
+
+    method: str
+    """Request method, upper case."""
+    path: str
+    """Normalized, percent-decoded path (nginx ``$uri``) used for routing."""
+    raw_uri: str
+    """The request-target exactly as the client sent it (path and query)."""
+    query_string: str
+    """Raw query string without ``?`` (empty when none)."""
+    headers: Headers
+    """Request headers; changes here are not sent upstream (use ``ctx.upstream``)."""
+    client_ip: str
+    """The client address (``$remote_addr``)."""
+
+    async def body(self) -> bytes:
+        """The whole request body; reading it buffers the body for the upstream too."""
+        ...
+
+
+class UpstreamRequest(Protocol):
+    """Changes to the request sent upstream. ``None`` means: as received from the client."""
+
+    method: str | None
+    uri: str | None
+    """Request-target (path plus optional ``?query``) sent upstream."""
+    host: str | None
+    """Host header value sent upstream (honoured when the upstream's ``pass_host`` is ``pass``)."""
+
+    def set_header(self, name: str, value: str | None) -> None:
+        """Send ``name: value`` instead of the client's values; ``None`` removes it."""
+        ...
+
+    def add_header(self, name: str, value: str) -> None:
+        """Send one more ``name: value`` besides the client's values."""
+        ...
+
+    def remove_header(self, name: str) -> None:
+        """Do not send ``name`` upstream."""
+        ...
+
+
+class ResponseView(Protocol):
+    """The response on its way to the client."""
+
+    status: int
+    headers: Headers
+    chunk: bytes
+    """The current body chunk (``body_filter`` only); assign to replace it."""
+    eof: bool
+    """True for the last body chunk (``body_filter`` only)."""
+
+
+class Context(Protocol):
+    """One request, as seen by a plugin."""
+
+    var: Vars
+    request: Request
+    upstream: UpstreamRequest
+    response: ResponseView
+    route: Mapping[str, Any] | None
+    """The matched route's configuration (read-only)."""
+    service: Mapping[str, Any] | None
+    consumer: Mapping[str, Any] | None
+    shared: dict[str, Any]
+    """Per-request storage shared by all plugins."""
+    log: logging.Logger | logging.LoggerAdapter[logging.Logger]
+    """A logger bound to the gateway; messages carry the request id."""
