@@ -1,0 +1,334 @@
+"""``sixgate``: start, stop, reload, validate, version."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from kernel import APISIX_VERSION, __version__
+from kernel import config as config_mod
+from kernel.config import Config, ConfigError, load_config
+
+log = logging.getLogger("sixgate")
+
+SUPPORTED = {("data_plane", "yaml")}
+
+
+def _fail(message: str, code: int = 1) -> int:
+    print(f"sixgate: {message}", file=sys.stderr)
+    return code
+
+
+def _load(path: str | None) -> Config:
+    return load_config(path)
+
+
+def _check_mode(cfg: Config) -> str | None:
+    role = str(cfg.get("deployment.role") or "traditional")
+    provider = cfg.get(f"deployment.role_{role}.config_provider")
+    if (role, provider) not in SUPPORTED:
+        return (
+            f"deployment.role {role} with config_provider {provider} is not available yet; "
+            "this release runs role data_plane with config_provider yaml "
+            "(see conf/config-default.yaml)"
+        )
+    return None
+
+
+def _pid_file(cfg: Config) -> Path:
+    return cfg.resolve(cfg.get("apisix.pid_file") or "logs/sixgate.pid")
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        pid = int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        return pid
+    return pid
+
+
+# --- start ----------------------------------------------------------------------------------
+def cmd_start(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load(args.config)
+    except ConfigError as err:
+        return _fail(str(err))
+    problem = _check_mode(cfg)
+    if problem:
+        return _fail(problem)
+    from kernel.logs import setup_logging
+
+    error_log = cfg.get("nginx_config.error_log")
+    setup_logging(
+        str(cfg.get("nginx_config.error_log_level") or "warn"),
+        cfg.resolve(error_log) if error_log else None,
+    )
+    pid_file = _pid_file(cfg)
+    running = _read_pid(pid_file)
+    if running is not None and running != os.getpid():
+        return _fail(f"already running (pid {running}, pid file {pid_file})")
+    addresses = config_mod.listen_addresses(cfg)
+    try:
+        _probe_ports(addresses)
+    except OSError as err:
+        return _fail(f"cannot listen: {err}")
+    instance = config_mod.instance_id(cfg)
+    workers = config_mod.worker_processes(cfg)
+    pid_file.parent.mkdir(parents=True, exist_ok=True)
+    pid_file.write_text(f"{os.getpid()}\n")
+    listen = ", ".join(f"{h}:{p}" for h, p in addresses)
+    print(
+        f"sixgate {__version__} (APISIX {APISIX_VERSION} compatible) starting: config "
+        f"{cfg.path}, {workers} worker(s), listening on {listen}, instance {instance}",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        if workers > 1:
+            return _supervise(cfg, workers)
+        return _run_worker(cfg)
+    finally:
+        if _read_pid(pid_file) in (os.getpid(), None):
+            with contextlib.suppress(OSError):
+                pid_file.unlink()
+
+
+def _probe_ports(addresses: list[tuple[str, int]]) -> None:
+    from kernel.gateway import bind_socket
+
+    socks = []
+    try:
+        for host, port in addresses:
+            socks.append(bind_socket(host, port))
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _install_loop() -> str:
+    try:
+        import uvloop  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:
+        return "asyncio"
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return "uvloop"
+
+
+def _run_worker(cfg: Config) -> int:
+    loop_name = _install_loop()
+    log.info("worker %d starting (%s)", os.getpid(), loop_name)
+    return asyncio.run(_serve(cfg))
+
+
+async def _serve(cfg: Config) -> int:
+    from kernel.gateway import Gateway
+
+    gateway = Gateway(cfg)
+    try:
+        await gateway.start()
+    except OSError as err:
+        log.error("cannot start: %s", err)
+        await gateway.stop(0)
+        return 1
+    state = gateway.state
+    log.warning("sixgate ready: %d routes (config %s)", len(state.routes), state.version)
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+
+    def reload() -> None:
+        log.warning("SIGHUP: reloading config.yaml plugins and the standalone file")
+        try:
+            new_cfg = load_config(cfg.path)
+        except ConfigError as err:
+            log.error("reload refused: %s", err)
+            return
+        gateway.reload_plugins(new_cfg)
+        refresh = getattr(gateway.store, "refresh", None)
+        if refresh is not None:
+            loop.create_task(refresh())
+
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, reload)
+    await stop.wait()
+    timeout = config_mod.parse_duration(cfg.get("nginx_config.worker_shutdown_timeout") or "240s")
+    log.warning("stopping: waiting up to %.0fs for in-flight requests", timeout)
+    await gateway.stop(timeout)
+    return 0
+
+
+def _supervise(cfg: Config, workers: int) -> int:
+    """Fork ``workers`` processes sharing the ports (SO_REUSEPORT); restart any that dies."""
+    children: dict[int, int] = {}
+    stopping = False
+
+    def spawn(slot: int) -> None:
+        pid = os.fork()
+        if pid == 0:
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_DFL)
+            code = 1
+            try:
+                code = _run_worker(cfg)
+            finally:
+                os._exit(code)
+        children[pid] = slot
+
+    def forward(sig: int, _frame: object) -> None:
+        nonlocal stopping
+        if sig in (signal.SIGTERM, signal.SIGINT):
+            stopping = True
+        for pid in list(children):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, sig)
+
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(sig, forward)
+    for slot in range(workers):
+        spawn(slot)
+    failures: list[float] = []
+    while children:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        slot = children.pop(pid, None)
+        if slot is None or stopping:
+            continue
+        now = time.monotonic()
+        failures = [t for t in failures if now - t < 10] + [now]
+        if len(failures) > 5 * workers:
+            log.error("workers keep dying; giving up")
+            forward(signal.SIGTERM, None)
+            stopping = True
+            continue
+        log.error("worker %d exited (status %d); restarting", pid, status)
+        spawn(slot)
+    return 0
+
+
+# --- stop / reload --------------------------------------------------------------------------
+def _signal_running(args: argparse.Namespace, sig: int) -> tuple[int, Path] | int:
+    try:
+        cfg = _load(args.config)
+    except ConfigError as err:
+        return _fail(str(err))
+    pid_file = _pid_file(cfg)
+    pid = _read_pid(pid_file)
+    if pid is None:
+        return _fail(f"not running (no live pid in {pid_file})")
+    os.kill(pid, sig)
+    return pid, pid_file
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    result = _signal_running(args, signal.SIGTERM)
+    if isinstance(result, int):
+        return result
+    pid, pid_file = result
+    deadline = time.monotonic() + args.timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            print(f"sixgate (pid {pid}) stopped", file=sys.stderr)
+            return 0
+        time.sleep(0.1)
+    return _fail(f"pid {pid} still running after {args.timeout:.0f}s")
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    result = _signal_running(args, signal.SIGHUP)
+    if isinstance(result, int):
+        return result
+    print(f"sixgate (pid {result[0]}) reloading", file=sys.stderr)
+    return 0
+
+
+# --- validate -------------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load(args.config)
+    except ConfigError as err:
+        print(f"{err}", file=sys.stderr)
+        return 1
+    print(f"{cfg.path}: ok")
+    problem = _check_mode(cfg)
+    if problem:
+        print(f"{cfg.path}: {problem}", file=sys.stderr)
+        return 1
+    from kernel.gateway import standalone_path
+    from kernel.plugins.loader import load_registry
+    from kernel.state import validate_snapshot
+    from kernel.store.yaml_file import YamlFileStore
+
+    dirs = [cfg.resolve(d) for d in (cfg.get("apisix.plugin_dirs") or [])]
+    registry, errors = load_registry(
+        [str(p) for p in cfg.get("plugins") or []], dirs, cfg.get("plugin_attr") or {}, init=False
+    )
+    for err in errors:
+        print(f"{cfg.path}: plugins: {err}", file=sys.stderr)
+    path = standalone_path(cfg)
+    store = YamlFileStore(path, validate=lambda s: validate_snapshot(s, registry))
+    problems = store.check()
+    for p in problems:
+        print(str(p), file=sys.stderr)
+    if problems or errors:
+        print(f"{len(problems) + len(errors)} problem(s) found", file=sys.stderr)
+        return 1
+    print(f"{path}: ok")
+    return 0
+
+
+def cmd_version(_: argparse.Namespace) -> int:
+    print(f"sixgate {__version__} (APISIX {APISIX_VERSION} compatible)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sixgate", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def with_config(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("-c", "--config", help="config.yaml (default: conf/config.yaml)")
+        return p
+
+    with_config(sub.add_parser("start", help="run the gateway in the foreground")).set_defaults(
+        func=cmd_start
+    )
+    stop = with_config(sub.add_parser("stop", help="stop a running gateway (pid file)"))
+    stop.add_argument("--timeout", type=float, default=30.0)
+    stop.set_defaults(func=cmd_stop)
+    with_config(sub.add_parser("reload", help="reload config (SIGHUP)")).set_defaults(
+        func=cmd_reload
+    )
+    with_config(
+        sub.add_parser("validate", help="check config.yaml and the standalone file")
+    ).set_defaults(func=cmd_validate)
+    sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    code: int = args.func(args)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""The per-request context handed to plugins (implements :class:`plugin_sdk.Context`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+
+from plugin_sdk import Headers
+
+from kernel.chain import EMPTY_CHAIN
+from kernel.vars import Vars, parse_args, parse_cookies
+
+if TYPE_CHECKING:
+    from kernel.server import HttpRequest
+    from kernel.upstream.nodes import Node
+
+log = logging.getLogger("sixgate")
+
+
+class UpstreamChanges:
+    """What plugins changed about the request sent upstream (``ctx.upstream``)."""
+
+    __slots__ = ("add", "host", "method", "remove", "set", "uri")
+
+    def __init__(self) -> None:
+        self.method: str | None = None
+        self.uri: str | None = None
+        self.host: str | None = None
+        self.set: dict[str, tuple[str, list[str]]] = {}
+        self.add: list[tuple[str, str]] = []
+        self.remove: set[str] = set()
+
+    def set_header(self, name: str, value: str | None) -> None:
+        key = name.lower()
+        self.add = [item for item in self.add if item[0].lower() != key]
+        if value is None:
+            self.set.pop(key, None)
+            self.remove.add(key)
+        else:
+            self.set[key] = (name, [str(value)])
+            self.remove.discard(key)
+
+    def add_header(self, name: str, value: str) -> None:
+        key = name.lower()
+        current = self.set.get(key)
+        if current is not None:
+            current[1].append(str(value))
+        else:
+            self.add.append((name, str(value)))
+            self.remove.discard(key)
+
+    def remove_header(self, name: str) -> None:
+        key = name.lower()
+        self.set.pop(key, None)
+        self.add = [item for item in self.add if item[0].lower() != key]
+        self.remove.add(key)
+
+    def overrides(self, key: str) -> bool:
+        """True when the client's header ``key`` (lower case) must not be forwarded as is."""
+        return key in self.set or key in self.remove
+
+
+class ResponseState:
+    """``ctx.response``: the response head (and current body chunk) on its way out."""
+
+    __slots__ = ("chunk", "eof", "headers", "status")
+
+    def __init__(self, status: int, headers: Headers) -> None:
+        self.status = status
+        self.headers = headers
+        self.chunk = b""
+        self.eof = False
+
+
+class RequestContext:
+    """One request: what plugins see as ``ctx`` and what the kernel records for logging."""
+
+    __slots__ = (
+        "_args",
+        "_cookies",
+        "body_bytes_sent",
+        "chain",
+        "bytes_sent",
+        "consumer",
+        "end_time",
+        "host",
+        "node",
+        "plugin_log",
+        "request",
+        "request_id",
+        "response_view",
+        "route",
+        "route_id",
+        "service",
+        "shared",
+        "status",
+        "upstream_addrs",
+        "upstream_connect_time",
+        "upstream_header_time",
+        "upstream_headers",
+        "upstream_host_sent",
+        "upstream_response_time",
+        "upstream_scheme",
+        "upstream_state",
+        "upstream_statuses",
+        "uri",
+        "uri_params",
+        "var",
+    )
+
+    def __init__(self, request: HttpRequest, host: str) -> None:
+        self.request = request
+        self.host = host
+        self.uri = request.path
+        self.var = Vars(self)
+        self.route: Mapping[str, Any] | None = None
+        self.route_id: str | None = None
+        self.service: Mapping[str, Any] | None = None
+        self.consumer: Mapping[str, Any] | None = None
+        self.uri_params: dict[str, str] | None = None
+        self.upstream_state: UpstreamChanges | None = None
+        self.response_view: ResponseState | None = None
+        self.upstream_headers: Headers | None = None
+        self.node: Node | None = None
+        self.upstream_addrs: list[str] | None = None
+        self.upstream_statuses: list[str] | None = None
+        self.upstream_response_time: float | None = None
+        self.upstream_connect_time: float | None = None
+        self.upstream_header_time: float | None = None
+        self.upstream_scheme: str | None = None
+        self.upstream_host_sent: str | None = None
+        self.status = 0
+        self.bytes_sent = 0
+        self.body_bytes_sent = 0
+        self.end_time: float | None = None
+        self.request_id: str | None = None
+        self._args: dict[str, Any] | None = None
+        self._cookies: dict[str, str] | None = None
+        self.shared: dict[str, Any] = {}
+        self.chain: Any = EMPTY_CHAIN
+        self.plugin_log = log
+
+    # --- the plugin_sdk.Context surface -------------------------------------------------
+    @property
+    def upstream(self) -> UpstreamChanges:
+        state = self.upstream_state
+        if state is None:
+            state = self.upstream_state = UpstreamChanges()
+        return state
+
+    @property
+    def response(self) -> ResponseState:
+        view = self.response_view
+        if view is None:
+            view = self.response_view = ResponseState(self.status or 200, Headers())
+        return view
+
+    @property
+    def log(self) -> logging.Logger:
+        return self.plugin_log
+
+    def ensure_request_id(self) -> str:
+        rid = self.request_id
+        if rid is None:
+            rid = self.request_id = os.urandom(16).hex()
+        return rid
+
+    # --- helpers for ctx.var ----------------------------------------------------------
+    def var_uri(self) -> str:
+        return self.uri
+
+    def args(self) -> dict[str, Any]:
+        a = self._args
+        if a is None:
+            a = self._args = parse_args(self.request.query_string)
+        return a
+
+    def cookies(self) -> dict[str, str]:
+        c = self._cookies
+        if c is None:
+            c = self._cookies = parse_cookies(self.request.headers.get("cookie"))
+        return c
+
+    post_args = None

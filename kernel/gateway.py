@@ -1,0 +1,237 @@
+"""One gateway process: config, plugins, store, state and listeners wired together.
+
+:meth:`Gateway.apply` is the single apply path: a new store snapshot and a plugin reload
+both build the next :class:`~kernel.state.GatewayState` beside the live one and swap it in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+from kernel import config as config_mod
+from kernel.accesslog import AccessLog
+from kernel.config import Config
+from kernel.plugins.loader import load_registry
+from kernel.plugins.manager import PluginRegistry
+from kernel.proxy import Proxy
+from kernel.server import HttpProtocol, RealIP, ServerLimits
+from kernel.state import GatewayState, StateHolder, build_state, empty_state, validate_snapshot
+from kernel.store.base import ConfigStore, Problem, Snapshot
+from kernel.store.yaml_file import YamlFileStore
+from kernel.upstream.connection import PoolSettings
+from kernel.upstream.resolver import Resolver
+
+log = logging.getLogger("sixgate")
+
+
+def server_limits(cfg: Config) -> ServerLimits:
+    """The HTTP server's limits and timeouts from ``nginx_config.http``."""
+    http = cfg.get("nginx_config.http", {}) or {}
+    real_ip_from = http.get("real_ip_from") or []
+    return ServerLimits(
+        max_request_line=int(http.get("max_request_line", 8192)),
+        max_header_size=int(http.get("max_header_size", 8192)),
+        max_headers_size=int(http.get("max_headers_size", 32768)),
+        max_header_count=int(http.get("max_header_count", 100)),
+        client_max_body_size=config_mod.parse_size(http.get("client_max_body_size", 0) or 0),
+        header_timeout=config_mod.parse_duration(http.get("client_header_timeout", "60s")),
+        body_timeout=config_mod.parse_duration(http.get("client_body_timeout", "60s")),
+        keepalive_timeout=config_mod.parse_duration(http.get("keepalive_timeout", "60s")),
+        real_ip_header=str(http.get("real_ip_header", "X-Real-IP")),
+        real_ip_from=tuple(str(x) for x in real_ip_from),
+        real_ip_recursive=config_mod.parse_flag(http.get("real_ip_recursive", "off")),
+    )
+
+
+def pool_settings(cfg: Config) -> PoolSettings:
+    up = cfg.get("nginx_config.http.upstream", {}) or {}
+    return PoolSettings(
+        size=int(up.get("keepalive", 320)),
+        idle_timeout=config_mod.parse_duration(up.get("keepalive_timeout", "60s")),
+        requests=int(up.get("keepalive_requests", 1000)),
+    )
+
+
+def bind_socket(host: str, port: int, reuse_port: bool = True) -> socket.socket:
+    """A listening TCP socket (``SO_REUSEPORT`` so several workers can share the port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port and hasattr(socket, "SO_REUSEPORT"):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind((host, port))
+    sock.listen(4096)
+    sock.setblocking(False)
+    return sock
+
+
+class Gateway:
+    """The data plane of one worker process."""
+
+    def __init__(self, cfg: Config, *, store: ConfigStore | None = None) -> None:
+        self.cfg = cfg
+        self._registries: dict[tuple[str, ...] | None, PluginRegistry] = {}
+        self.registry = self._load_registry(None)
+        self.holder = StateHolder(empty_state(self.registry))
+        self.last_error: str | None = None
+        self.store = store or self._default_store()
+        self.access_log = self._access_log()
+        self.proxy = Proxy(
+            get_state=lambda: self.holder.state,
+            resolver=Resolver(float(cfg.get("apisix.dns_resolver_valid") or 30)),
+            access_log=self.access_log,
+            server_tokens=bool(cfg.get("apisix.enable_server_tokens", True)),
+            delete_uri_tail_slash=bool(cfg.get("apisix.delete_uri_tail_slash", False)),
+            show_upstream_status=bool(
+                cfg.get("apisix.show_upstream_status_in_response_header", False)
+            ),
+        )
+        self.limits = server_limits(cfg)
+        self.real_ip = RealIP(self.limits)
+        self.connections: set[HttpProtocol] = set()
+        self.servers: list[asyncio.base_events.Server] = []
+        self._snapshot: Snapshot | None = None
+
+    # --- construction helpers ---------------------------------------------------------
+    def _plugin_names(self, override: tuple[str, ...] | None) -> list[str]:
+        if override is not None:
+            return list(override)
+        return [str(p) for p in (self.cfg.get("plugins") or [])]
+
+    def _load_registry(self, override: tuple[str, ...] | None) -> PluginRegistry:
+        cached = self._registries.get(override)
+        if cached is not None:
+            return cached
+        dirs = [self.cfg.resolve(d) for d in (self.cfg.get("apisix.plugin_dirs") or [])]
+        registry, errors = load_registry(
+            self._plugin_names(override), dirs, self.cfg.get("plugin_attr") or {}
+        )
+        for err in errors:
+            log.error("plugin: %s", err)
+        self._registries[override] = registry
+        return registry
+
+    def _default_store(self) -> ConfigStore:
+        name = self.cfg.get("apisix.standalone_file") or "apisix.yaml"
+        return YamlFileStore(
+            self.cfg.resolve(name), validate=self.validate, env=os.environ,
+            logger=logging.getLogger("sixgate.config"),
+        )
+
+    def _access_log(self) -> AccessLog | None:
+        http = self.cfg.get("nginx_config.http", {}) or {}
+        path = config_mod.access_log_path(self.cfg)
+        if path is None or not http.get("enable_access_log", True):
+            return None
+        return AccessLog(path, str(http.get("access_log_format")))
+
+    # --- the one apply path -----------------------------------------------------------
+    def validate(self, snapshot: Snapshot) -> list[Problem]:
+        """Problems in a candidate snapshot (called by the store before it hands one over)."""
+        return validate_snapshot(snapshot, self._load_registry(snapshot.plugins))
+
+    def apply(
+        self, snapshot: Snapshot | None = None, registry: PluginRegistry | None = None
+    ) -> GatewayState | None:
+        """Build the next state from ``snapshot``/``registry`` (default: the current ones) and
+        swap it in. A failed build changes nothing, is logged, and returns ``None``."""
+        snapshot = snapshot if snapshot is not None else self._snapshot
+        if snapshot is None:
+            return None
+        if registry is None:
+            registry = self._load_registry(snapshot.plugins)
+        started = time.perf_counter()
+        try:
+            state = build_state(
+                snapshot,
+                registry,
+                router_kind=str(self.cfg.get("apisix.router.http") or "radixtree_host_uri"),
+                pool=pool_settings(self.cfg),
+                generation=self.holder.state.generation + 1,
+            )
+        except Exception as err:
+            self.last_error = f"config {snapshot.version}: {err}"
+            log.exception("cannot apply config %s; the previous one keeps serving",
+                          snapshot.version)
+            return None
+        self._snapshot = snapshot
+        self.registry = registry
+        self.holder.swap(state)
+        log.info(
+            "config %s applied: generation %d, %d routes, %d upstreams (%.1f ms)",
+            snapshot.version, state.generation, len(state.routes), len(state.upstreams),
+            (time.perf_counter() - started) * 1000,
+        )
+        return state
+
+    def reload_plugins(self, cfg: Config | None = None) -> GatewayState | None:
+        """Re-read the plugin list and ``plugin_attr`` (SIGHUP) and apply them."""
+        if cfg is not None:
+            self.cfg = cfg
+        old = self._registries
+        self._registries = {}
+        registry = self._load_registry(self._snapshot.plugins if self._snapshot else None)
+        state = self.apply(registry=registry) if self._snapshot else None
+        if self._snapshot is None:
+            self.registry = registry
+        for reg in old.values():
+            if reg is not registry:
+                reg.destroy_all()
+        return state
+
+    @property
+    def state(self) -> GatewayState:
+        return self.holder.state
+
+    # --- lifecycle --------------------------------------------------------------------
+    async def start(self, sockets: list[socket.socket] | None = None) -> None:
+        """Load the config, then listen on every ``node_listen`` address."""
+        await self.store.start(self.apply)
+        if sockets is None:
+            sockets = [bind_socket(h, p) for h, p in config_mod.listen_addresses(self.cfg)]
+        loop = asyncio.get_running_loop()
+        for sock in sockets:
+            server = await loop.create_server(self._protocol, sock=sock)
+            self.servers.append(server)
+            addr = sock.getsockname()
+            log.info("listening on %s:%s", addr[0], addr[1])
+
+    def _protocol(self) -> HttpProtocol:
+        return HttpProtocol(self.proxy.handle, self.limits, self.real_ip, self.connections)
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """Stop accepting, let in-flight requests finish (at most ``timeout`` s), then close."""
+        for server in self.servers:
+            server.close()
+        for conn in list(self.connections):
+            if conn.idle:
+                conn.close()
+        deadline = time.monotonic() + timeout
+        while self.proxy.inflight and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        for conn in list(self.connections):
+            conn.close()
+        await self.store.stop()
+        self.proxy.pool.close()
+        if self.access_log is not None:
+            self.access_log.close()
+        self.registry.destroy_all()
+
+    def listen_ports(self) -> list[Any]:
+        return [s.getsockname() for srv in self.servers for s in (srv.sockets or ())]
+
+
+def problems_text(problems: list[Problem]) -> str:
+    return "\n".join(str(p) for p in problems)
+
+
+def standalone_path(cfg: Config) -> Path:
+    return cfg.resolve(cfg.get("apisix.standalone_file") or "apisix.yaml")

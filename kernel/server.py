@@ -1,0 +1,634 @@
+"""The data plane's HTTP/1.1 server: a strict, lean asyncio protocol on httptools.
+
+One :class:`HttpProtocol` per client connection parses requests, answers protocol errors
+itself (400/413/414/431/501/408) and hands each request to the gateway's handler, one at a time
+and in order (pipelined requests queue). Bodies stream with backpressure in both directions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import ipaddress
+import logging
+import time
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any
+
+import httptools
+
+from plugin_sdk import Headers
+
+from kernel import pages
+from kernel.uri import BadURI, normalize_path, split_target
+
+log = logging.getLogger("sixgate.server")
+
+_IDLE, _HEADERS, _BUSY = 0, 1, 2
+_BODY_HIGH_WATER = 256 * 1024
+_CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class ProtocolError(Exception):
+    """A request the server refuses before any handler runs."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass(frozen=True, slots=True)
+class ServerLimits:
+    """Per-listener limits, from ``nginx_config`` (built once from config)."""
+
+    max_request_line: int = 8192
+    max_header_size: int = 8192
+    max_headers_size: int = 32768
+    max_header_count: int = 100
+    client_max_body_size: int = 0
+    header_timeout: float = 60.0
+    body_timeout: float = 60.0
+    keepalive_timeout: float = 60.0
+    real_ip_header: str = "x-real-ip"
+    real_ip_from: tuple[str, ...] = ("127.0.0.1", "unix:")
+    real_ip_recursive: bool = False
+
+
+class RealIP:
+    """nginx real-IP: trusted peers may name the client address in a header (compiled once)."""
+
+    __slots__ = ("_exact", "_header", "_networks", "_recursive")
+
+    def __init__(self, limits: ServerLimits) -> None:
+        self._header = limits.real_ip_header.lower().encode()
+        self._exact: set[str] = set()
+        self._networks: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+        for entry in limits.real_ip_from:
+            if entry == "unix:":
+                continue
+            if "/" in entry:
+                self._networks.append(ipaddress.ip_network(entry, strict=False))
+            else:
+                self._exact.add(entry)
+        self._recursive = limits.real_ip_recursive
+
+    @property
+    def header(self) -> bytes:
+        return self._header
+
+    def trusted(self, ip: str) -> bool:
+        if ip in self._exact:
+            return True
+        if not self._networks:
+            return False
+        try:
+            addr = ipaddress.ip_address(ip)
+        except ValueError:
+            return False
+        return any(addr in net for net in self._networks)
+
+    def client_ip(self, peer: str, value: str) -> str:
+        """The address ``value`` names for a trusted ``peer``, or ``peer`` when it is invalid."""
+        candidates = [v.strip() for v in value.split(",") if v.strip()]
+        if not candidates:
+            return peer
+        chosen = candidates[-1]
+        if self._recursive:
+            for candidate in reversed(candidates):
+                chosen = candidate
+                if not self.trusted(_strip_port(candidate)):
+                    break
+        chosen = _strip_port(chosen)
+        try:
+            ipaddress.ip_address(chosen)
+        except ValueError:
+            return peer
+        return chosen
+
+
+def _strip_port(value: str) -> str:
+    if value.startswith("["):
+        return value[1 : value.find("]")] if "]" in value else value
+    if value.count(":") == 1:
+        return value.split(":", 1)[0]
+    return value
+
+
+class Body:
+    """A request body arriving from the client; read by a plugin or streamed upstream."""
+
+    __slots__ = ("_proto", "_waiter", "chunks", "complete", "continue_sent", "error", "size")
+
+    def __init__(self, proto: HttpProtocol, expect_continue: bool) -> None:
+        self._proto = proto
+        self.chunks: collections.deque[bytes] = collections.deque()
+        self.size = 0
+        self.complete = False
+        self.error: BaseException | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self.continue_sent = not expect_continue
+
+    def feed(self, chunk: bytes) -> None:
+        self.chunks.append(chunk)
+        self.size += len(chunk)
+        if self.size > _BODY_HIGH_WATER:
+            self._proto.pause_reading_body()
+        self._wake()
+
+    def finish(self, error: BaseException | None = None) -> None:
+        self.complete = True
+        self.error = error
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def read(self) -> bytes | None:
+        """The next chunk, or ``None`` at the end. Raises on client disconnect or timeout."""
+        if not self.continue_sent:
+            self.continue_sent = True
+            if not self.complete:
+                self._proto.write(_CONTINUE)
+        while not self.chunks:
+            if self.error is not None:
+                raise self.error
+            if self.complete:
+                return None
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await asyncio.wait_for(self._waiter, self._proto.limits.body_timeout)
+            except TimeoutError:
+                raise ProtocolError(408, "client body timeout") from None
+            finally:
+                self._waiter = None
+        chunk = self.chunks.popleft()
+        self.size -= len(chunk)
+        if self.size < _BODY_HIGH_WATER // 2:
+            self._proto.resume_reading_body()
+        return chunk
+
+    async def read_all(self) -> bytes:
+        parts = []
+        while (chunk := await self.read()) is not None:
+            parts.append(chunk)
+        return b"".join(parts)
+
+
+class HttpRequest:
+    """One parsed request (implements :class:`plugin_sdk.Request`)."""
+
+    __slots__ = (
+        "_body_cache",
+        "_headers",
+        "body_stream",
+        "bytes_received",
+        "chunked",
+        "client_ip",
+        "client_port",
+        "content_length",
+        "host_header",
+        "keep_alive",
+        "method",
+        "path",
+        "peer_ip",
+        "query_string",
+        "raw_headers",
+        "raw_uri",
+        "scheme",
+        "server_addr",
+        "server_port",
+        "start_mono",
+        "start_time",
+        "upgrade",
+        "upgrade_data",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        self._headers: Headers | None = None
+        self._body_cache: bytes | None = None
+        self.body_stream: Body | None = None
+        self.upgrade = False
+        self.upgrade_data = b""
+        self.chunked = False
+        self.content_length: int | None = None
+
+    @property
+    def headers(self) -> Headers:
+        h = self._headers
+        if h is None:
+            h = self._headers = Headers(
+                [(n.decode("latin-1"), v.decode("latin-1")) for n, v in self.raw_headers]
+            )
+        return h
+
+    @property
+    def has_body(self) -> bool:
+        return self.body_stream is not None
+
+    @property
+    def body_buffered(self) -> bytes | None:
+        """The body when a plugin already read it whole, else ``None``."""
+        return self._body_cache
+
+    async def body(self) -> bytes:
+        if self._body_cache is None:
+            stream = self.body_stream
+            self._body_cache = await stream.read_all() if stream is not None else b""
+        return self._body_cache
+
+
+Handler = Callable[["HttpProtocol", HttpRequest], Coroutine[Any, Any, None]]
+
+
+class HttpProtocol(asyncio.Protocol):
+    """A client connection: parse, dispatch one request at a time, write responses."""
+
+    __slots__ = (
+        "_active",
+        "_body_paused",
+        "_drain_waiters",
+        "_handler",
+        "_header_bytes",
+        "_headers",
+        "_loop",
+        "_parser",
+        "_parsing",
+        "_pipeline",
+        "_reading_paused",
+        "_since",
+        "_state",
+        "_timer",
+        "_url",
+        "_write_paused",
+        "closed",
+        "limits",
+        "listener_port",
+        "on_write_resumed",
+        "peer_ip",
+        "peer_port",
+        "real_ip",
+        "scheme",
+        "server_addr",
+        "server_port",
+        "tracker",
+        "transport",
+    )
+
+    def __init__(
+        self,
+        handler: Handler,
+        limits: ServerLimits,
+        real_ip: RealIP,
+        tracker: set[HttpProtocol],
+        scheme: str = "http",
+    ) -> None:
+        self._handler = handler
+        self.limits = limits
+        self.real_ip = real_ip
+        self.tracker = tracker
+        self.scheme = scheme
+        self._loop = asyncio.get_event_loop()
+        self._parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._parsing: HttpRequest | None = None
+        self._active: HttpRequest | None = None
+        self._pipeline: collections.deque[HttpRequest] = collections.deque()
+        self._state = _IDLE
+        self._since = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._write_paused = False
+        self._reading_paused = False
+        self._body_paused = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.on_write_resumed: Callable[[], None] | None = None
+        self.closed = False
+        self.transport: asyncio.Transport | None = None
+
+    # --- connection lifecycle ---------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        sock = transport.get_extra_info("sockname")
+        if isinstance(peer, tuple):
+            self.peer_ip, self.peer_port = peer[0], peer[1]
+        else:
+            self.peer_ip, self.peer_port = "unix:", 0
+        if isinstance(sock, tuple):
+            self.server_addr, self.server_port = sock[0], sock[1]
+        else:
+            self.server_addr, self.server_port = "unix:", 0
+        self.tracker.add(self)
+        self._enter(_IDLE)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.tracker.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        for req in (self._parsing, self._active, *self._pipeline):
+            if req is not None and req.body_stream is not None and not req.body_stream.complete:
+                req.body_stream.finish(ConnectionResetError("client closed the connection"))
+        self._wake_drain()
+        resumed = self.on_write_resumed
+        if resumed is not None:
+            resumed()
+
+    def pause_writing(self) -> None:
+        self._write_paused = True
+
+    def resume_writing(self) -> None:
+        self._write_paused = False
+        self._wake_drain()
+        resumed = self.on_write_resumed
+        if resumed is not None:
+            resumed()
+
+    def _wake_drain(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for w in waiters:
+            if not w.done():
+                w.set_result(None)
+
+    @property
+    def write_paused(self) -> bool:
+        return self._write_paused
+
+    async def drain(self) -> None:
+        """Wait until the client's socket buffer has room again."""
+        if self._write_paused and not self.closed:
+            fut = self._loop.create_future()
+            self._drain_waiters.append(fut)
+            await fut
+
+    def write(self, data: bytes) -> None:
+        if not self.closed and self.transport is not None:
+            self.transport.write(data)
+
+    def close(self) -> None:
+        if not self.closed and self.transport is not None:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.closed = True
+            self.transport.abort()
+
+    @property
+    def idle(self) -> bool:
+        return self._active is None and self._parsing is None
+
+    # --- timeouts: one lazily re-armed timer per connection ---------------------------------
+    def _enter(self, state: int) -> None:
+        self._state = state
+        self._since = self._loop.time()
+        if self._timer is None and state != _BUSY:
+            self._arm(self._timeout_for(state))
+
+    def _timeout_for(self, state: int) -> float:
+        return self.limits.keepalive_timeout if state == _IDLE else self.limits.header_timeout
+
+    def _arm(self, delay: float) -> None:
+        self._timer = self._loop.call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        if self.closed or self._state == _BUSY:
+            return
+        remaining = self._since + self._timeout_for(self._state) - self._loop.time()
+        if remaining > 0:
+            self._arm(remaining)
+            return
+        if self._state == _HEADERS:
+            self._reject(408, "client header timeout")
+        else:
+            self.close()
+
+    # --- reading --------------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            self._on_upgrade(data[upgrade.args[0] :] if upgrade.args else b"")
+        except ProtocolError as err:
+            self._reject(err.status, str(err))
+        except httptools.HttpParserError as err:
+            self._reject(400, str(err))
+
+    def pause_reading_body(self) -> None:
+        if not self._body_paused and self.transport is not None:
+            self._body_paused = True
+            self.transport.pause_reading()
+
+    def resume_reading_body(self) -> None:
+        if self._body_paused and self.transport is not None and not self.closed:
+            self._body_paused = False
+            self.transport.resume_reading()
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._enter(_HEADERS)
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        if len(self._url) > self.limits.max_request_line:
+            raise ProtocolError(414, "request-line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        size = len(name) + len(value)
+        if size > self.limits.max_header_size:
+            raise ProtocolError(431, "request header too large")
+        self._header_bytes += size
+        self._headers.append((name, value))
+        if (
+            self._header_bytes > self.limits.max_headers_size
+            or len(self._headers) > self.limits.max_header_count
+        ):
+            raise ProtocolError(431, "request headers too large")
+
+    def on_headers_complete(self) -> None:
+        parser = self._parser
+        req = HttpRequest()
+        req.start_time = time.time()
+        req.start_mono = self._loop.time()
+        req.method = parser.get_method().decode("ascii")
+        req.version = parser.get_http_version()
+        req.keep_alive = parser.should_keep_alive()
+        req.upgrade = parser.should_upgrade()
+        req.raw_headers = headers = self._headers
+        raw_uri = self._url.decode("latin-1")
+        req.raw_uri = raw_uri
+        path, req.query_string = split_target(raw_uri)
+        try:
+            req.path = normalize_path(path)
+        except BadURI as err:
+            raise ProtocolError(400, str(err)) from None
+        req.scheme = self.scheme
+        req.server_addr = self.server_addr
+        req.server_port = self.server_port
+        req.peer_ip = self.peer_ip
+        req.client_ip = self.peer_ip
+        req.client_port = self.peer_port
+        req.bytes_received = len(self._url) + self._header_bytes + 4 * len(headers) + 16
+        host = None
+        real_ip_name = self.real_ip.header
+        real_ip_value = None
+        has_body = False
+        expect_continue = False
+        for name, value in headers:
+            lname = name.lower()
+            if lname == b"host":
+                if host is not None:
+                    raise ProtocolError(400, "duplicate Host header")
+                host = value.decode("latin-1")
+            elif lname == b"content-length":
+                req.content_length = int(value)
+                has_body = req.content_length > 0
+            elif lname == b"transfer-encoding":
+                if value.rsplit(b",", 1)[-1].strip().lower() != b"chunked":
+                    raise ProtocolError(501, "unsupported transfer-encoding")
+                req.chunked = has_body = True
+            elif lname == b"expect":
+                if value.lower() != b"100-continue":
+                    raise ProtocolError(417, "unsupported expectation")
+                expect_continue = True
+            if lname == real_ip_name:
+                real_ip_value = value.decode("latin-1")
+        if host is None and req.version == "1.1":
+            raise ProtocolError(400, "missing Host header")
+        req.host_header = host
+        if real_ip_value is not None and self.real_ip.trusted(self.peer_ip):
+            req.client_ip = self.real_ip.client_ip(self.peer_ip, real_ip_value)
+        limit = self.limits.client_max_body_size
+        if limit and req.content_length is not None and req.content_length > limit:
+            raise ProtocolError(413, "client intended to send too large body")
+        if has_body:
+            req.body_stream = Body(self, expect_continue)
+        self._parsing = req
+        if self._active is None:
+            self._start(req)
+        else:
+            self._pipeline.append(req)
+
+    def on_body(self, chunk: bytes) -> None:
+        req = self._parsing
+        if req is None or req.body_stream is None:
+            return
+        stream = req.body_stream
+        limit = self.limits.client_max_body_size
+        if limit and stream.size + len(chunk) > limit and req.chunked:
+            stream.finish(ProtocolError(413, "client body too large"))
+            raise ProtocolError(413, "client sent too large chunked body")
+        req.bytes_received += len(chunk)
+        stream.feed(chunk)
+
+    def on_message_complete(self) -> None:
+        req = self._parsing
+        self._parsing = None
+        if req is not None and req.body_stream is not None:
+            req.body_stream.finish()
+        if self._pipeline and not self._reading_paused and self.transport is not None:
+            # A pipelined request waits for the active one: read no further until it is answered.
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _on_upgrade(self, rest: bytes) -> None:
+        """The parser stopped at an ``Upgrade`` request; keep the bytes after it for a tunnel."""
+        req = self._active if self._active is not None else self._parsing
+        self._parser = httptools.HttpRequestParser(self)
+        if req is not None:
+            req.upgrade_data = rest
+        if self.transport is not None and not self._reading_paused:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def start_tunnel(self, target: Callable[[bytes], None], pending: bytes) -> None:
+        """Hand the raw byte stream to ``target``: no more HTTP parsing on this connection."""
+        sink = _RawSink(self)
+        sink.target = target
+        self._parser = sink  # type: ignore[assignment]
+        if pending:
+            target(pending)
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def resume_http(self, leftover: bytes) -> None:
+        """An upgrade was refused: continue parsing HTTP with the bytes already received."""
+        if leftover:
+            self.data_received(leftover)
+
+    # --- dispatch ---------------------------------------------------------------------
+    def _start(self, req: HttpRequest) -> None:
+        self._active = req
+        self._state = _BUSY
+        self._loop.create_task(self._run(req))
+
+    async def _run(self, req: HttpRequest) -> None:
+        try:
+            await self._handler(self, req)
+        except Exception:
+            log.exception("unhandled error while serving %s %s", req.method, req.raw_uri)
+            self.abort()
+            return
+        self.finish_request(req)
+
+    def finish_request(self, req: HttpRequest) -> None:
+        """The response to ``req`` is fully written: close, or move to the next request."""
+        self._active = None
+        if self.closed:
+            return
+        stream = req.body_stream
+        if not req.keep_alive or (stream is not None and not stream.complete):
+            # An unread body (or HTTP/1.0) means we cannot find the next request: close.
+            self.close()
+            return
+        if self._pipeline:
+            self._start(self._pipeline.popleft())
+            return
+        if self._reading_paused and self.transport is not None:
+            self._reading_paused = False
+            self.transport.resume_reading()
+        if self._parsing is None:
+            self._enter(_IDLE)
+
+    # --- errors produced by the server itself -----------------------------------------------
+    def _reject(self, status: int, reason: str) -> None:
+        log.info("client %s: %s (%d)", self.peer_ip, reason, status)
+        if self._active is None and not self.closed:
+            body = pages.error_page(status)
+            self.write(
+                pages.status_line(status)
+                + b"Server: APISIX\r\nContent-Type: text/html; charset=utf-8\r\n"
+                + b"Content-Length: "
+                + str(len(body)).encode()
+                + b"\r\nConnection: close\r\n\r\n"
+                + body
+            )
+        self.close()
+
+    def is_tunnel(self) -> bool:
+        return isinstance(self._parser, _RawSink)
+
+
+class _RawSink:
+    """Stands in for the HTTP parser once a connection became a tunnel."""
+
+    __slots__ = ("_proto", "target")
+
+    def __init__(self, proto: HttpProtocol) -> None:
+        self._proto = proto
+        self.target: Callable[[bytes], None] | None = None
+
+    def feed_data(self, data: bytes) -> None:
+        if self.target is not None:
+            self.target(data)

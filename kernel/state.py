@@ -1,0 +1,340 @@
+"""The gateway state: one immutable snapshot of everything the request path needs.
+
+:func:`build_state` turns a store :class:`~kernel.store.base.Snapshot` plus the plugin registry
+into a :class:`GatewayState` (defaults applied, router built, chains compiled, upstreams
+compiled) beside the live one; :class:`StateHolder.apply` swaps it in with one assignment.
+Every config change (file edit, etcd event, Admin write, plugin reload) ends in ``apply``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from plugin_sdk import ExprError, compile_expr
+
+from kernel import schemas
+from kernel.chain import EMPTY_CHAIN, Chain, compile_chain, merge_plugins
+from kernel.plugins.manager import PluginRegistry, check_conf
+from kernel.router import RouteSpec, Router
+from kernel.store.base import COLLECTIONS, Problem, Snapshot, item_key
+from kernel.upstream.connection import PoolSettings
+from kernel.upstream.runtime import Timeouts, UpstreamRuntime
+
+log = logging.getLogger("sixgate.state")
+
+# Collections validated against a resource schema (others are accepted as they are for now).
+_KINDS = {
+    "routes": "route",
+    "services": "service",
+    "upstreams": "upstream",
+    "consumers": "consumer",
+    "consumer_groups": "consumer_group",
+    "plugin_configs": "plugin_config",
+    "global_rules": "global_rule",
+    "ssls": "ssl",
+    "protos": "proto",
+    "stream_routes": "stream_route",
+}
+_PROPERTY = re.compile(r'property "([^"]+)" validation failed: ')
+
+
+@dataclass(slots=True)
+class CompiledRoute:
+    """A route ready for the request path (the router's ``payload``)."""
+
+    id: str
+    conf: Mapping[str, Any]
+    service: Mapping[str, Any] | None
+    chain: Chain
+    upstream: UpstreamRuntime | None
+    timeouts: Timeouts | None
+    enable_websocket: bool
+    fail_status: int = 0
+    """Non-zero: answer with this nginx page (missing service 404, plugin_config 503, ...)."""
+    fail_reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayState:
+    """Everything one request reads, frozen for its whole lifetime."""
+
+    generation: int
+    version: str
+    router: Router
+    routes: Mapping[str, CompiledRoute]
+    upstreams: Mapping[str, UpstreamRuntime]
+    global_chain: Chain
+    registry: PluginRegistry
+    snapshot: Snapshot
+    built_at: float = field(default_factory=time.time)
+    errors: tuple[str, ...] = ()
+
+
+def combine(first: Chain, second: Chain) -> Chain:
+    """``first``'s steps before ``second``'s in every phase (global rules, then the route)."""
+    if first.empty:
+        return second
+    if second.empty:
+        return first
+    return Chain(
+        rewrite=first.rewrite + second.rewrite,
+        access=first.access + second.access,
+        before_proxy=first.before_proxy + second.before_proxy,
+        header_filter=first.header_filter + second.header_filter,
+        body_filter=first.body_filter + second.body_filter,
+        log=first.log + second.log,
+        plugins=first.plugins + second.plugins,
+        confs={**first.confs, **second.confs},
+        empty=False,
+        has_filters=first.has_filters or second.has_filters,
+        header_filter_async=first.header_filter_async or second.header_filter_async,
+        body_filter_async=first.body_filter_async or second.body_filter_async,
+        log_async=first.log_async or second.log_async,
+    )
+
+
+def _field_path(prefix: str, message: str) -> tuple[str, str]:
+    """Turn ``property "a" validation failed: property "b" ...: msg`` into ``prefix.a.b``."""
+    body = message.removeprefix("invalid configuration: ")
+    path = prefix
+    while True:
+        m = _PROPERTY.match(body)
+        if m is None:
+            break
+        path += "." + m.group(1)
+        body = body[m.end() :]
+    return path, message
+
+
+def validate_snapshot(snapshot: Snapshot, registry: PluginRegistry) -> list[Problem]:
+    """Every problem in ``snapshot``: resource schemas, resource checks and plugin confs."""
+    problems: list[Problem] = []
+    for collection in COLLECTIONS:
+        kind = _KINDS.get(collection)
+        for index, item in enumerate(snapshot.items(collection)):
+            prefix = f"{collection}[{index}]"
+            if kind is not None:
+                try:
+                    schemas.validate_resource(kind, item)
+                except schemas.ValidationError as err:
+                    path, message = _field_path(prefix, err.message)
+                    problems.append(Problem("", None, path, message))
+                    continue
+            plugins = item.get("plugins")
+            if isinstance(plugins, Mapping):
+                for name, conf in plugins.items():
+                    info = registry.get(name)
+                    where = f"{prefix}.plugins.{name}"
+                    if info is None:
+                        problems.append(Problem("", None, where, f"unknown plugin [{name}]"))
+                        continue
+                    err_msg = check_conf(info, conf)
+                    if err_msg is not None:
+                        problems.append(
+                            Problem(
+                                "",
+                                None,
+                                where,
+                                f"failed to check the configuration of plugin {name} "
+                                f"err: {err_msg}",
+                            )
+                        )
+    return problems
+
+
+def _by_key(snapshot: Snapshot, collection: str, kind: str | None) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for item in snapshot.items(collection):
+        out[item_key(collection, item)] = schemas.with_defaults(kind, item) if kind else item
+    return out
+
+
+def _global_plugins(rules: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {}
+    dropped: set[str] = set()
+    for rule_id, rule in rules.items():
+        for name, conf in (rule.get("plugins") or {}).items():
+            if name in merged or name in dropped:
+                log.error("plugin %s appears in more than one global rule (rule %s): dropped",
+                          name, rule_id)
+                merged.pop(name, None)
+                dropped.add(name)
+                continue
+            merged[name] = conf
+    return merged
+
+
+def build_state(
+    snapshot: Snapshot,
+    registry: PluginRegistry,
+    *,
+    router_kind: str = "radixtree_host_uri",
+    pool: PoolSettings | None = None,
+    generation: int = 1,
+) -> GatewayState:
+    """Compile ``snapshot`` into a new state. Pure: touches nothing live."""
+    pool = pool or PoolSettings()
+    errors: list[str] = []
+    memo: dict[Any, Any] = {}
+    upstream_confs = _by_key(snapshot, "upstreams", "upstream")
+    upstreams = {uid: UpstreamRuntime(conf, pool, uid) for uid, conf in upstream_confs.items()}
+    services = _by_key(snapshot, "services", "service")
+    plugin_configs = _by_key(snapshot, "plugin_configs", None)
+    global_rules = _by_key(snapshot, "global_rules", None)
+
+    global_chain, errs = compile_chain(_global_plugins(global_rules), registry, memo)
+    errors += [f"global_rules: {e}" for e in errs]
+
+    service_upstreams: dict[str, UpstreamRuntime] = {}
+    specs: list[RouteSpec] = []
+    routes: dict[str, CompiledRoute] = {}
+    for raw in snapshot.items("routes"):
+        route = schemas.with_defaults("route", raw)
+        rid = item_key("routes", route)
+        if route.get("status", 1) == 0:
+            continue
+        compiled = _compile_route(
+            rid, route, services, plugin_configs, upstreams, service_upstreams, registry,
+            global_chain, pool, memo, errors,
+        )
+        if compiled is None:
+            continue
+        routes[rid] = compiled
+        service = compiled.service
+        hosts = route.get("hosts") or ([route["host"]] if route.get("host") else None)
+        if hosts is None and service is not None and service.get("hosts"):
+            hosts = service["hosts"]
+        remote = route.get("remote_addrs") or (
+            [route["remote_addr"]] if route.get("remote_addr") else None
+        )
+        predicate: Callable[[Any], bool] | None = None
+        if route.get("vars"):
+            try:
+                predicate = compile_expr(route["vars"])
+            except ExprError as err:
+                errors.append(f"route {rid}: failed to validate the 'vars' expression: {err}")
+                continue
+        specs.append(
+            RouteSpec(
+                id=rid,
+                uris=tuple(route.get("uris") or [route["uri"]]),
+                methods=frozenset(route["methods"]) if route.get("methods") else None,
+                hosts=tuple(hosts) if hosts else None,
+                remote_addrs=tuple(remote) if remote else None,
+                vars=predicate,
+                priority=int(route.get("priority", 0)),
+                payload=compiled,
+            )
+        )
+    for err in errors:
+        log.error("%s", err)
+    return GatewayState(
+        generation=generation,
+        version=snapshot.version,
+        router=Router(specs, router_kind),
+        routes=routes,
+        upstreams=upstreams,
+        global_chain=global_chain,
+        registry=registry,
+        snapshot=snapshot,
+        errors=tuple(errors),
+    )
+
+
+def _compile_route(
+    rid: str,
+    route: dict[str, Any],
+    services: Mapping[str, dict[str, Any]],
+    plugin_configs: Mapping[str, dict[str, Any]],
+    upstreams: Mapping[str, UpstreamRuntime],
+    service_upstreams: dict[str, UpstreamRuntime],
+    registry: PluginRegistry,
+    global_chain: Chain,
+    pool: PoolSettings,
+    memo: dict[Any, Any],
+    errors: list[str],
+) -> CompiledRoute | None:
+    fail_status, fail_reason = 0, ""
+    plugin_config = None
+    if route.get("plugin_config_id") is not None:
+        plugin_config = plugin_configs.get(str(route["plugin_config_id"]))
+        if plugin_config is None:
+            fail_status, fail_reason = 503, f"plugin config {route['plugin_config_id']} not found"
+    service = None
+    if route.get("service_id") is not None:
+        service = services.get(str(route["service_id"]))
+        if service is None:
+            fail_status, fail_reason = 404, f"service {route['service_id']} not found"
+    plugins = merge_plugins(
+        service.get("plugins") if service else None,
+        plugin_config.get("plugins") if plugin_config else None,
+        route.get("plugins"),
+    )
+    chain, errs = compile_chain(plugins, registry, memo)
+    if errs:
+        errors.extend(f"route {rid}: {e}" for e in errs)
+        return None
+    upstream: UpstreamRuntime | None = None
+    if route.get("upstream_id") is not None:
+        upstream = upstreams.get(str(route["upstream_id"]))
+        if upstream is None:
+            fail_status = fail_status or 502
+            fail_reason = fail_reason or f"upstream {route['upstream_id']} not found"
+    elif route.get("upstream") is not None:
+        upstream = UpstreamRuntime(schemas.with_defaults("upstream", route["upstream"]), pool)
+    elif service is not None:
+        sid = str(service.get("id"))
+        if service.get("upstream_id") is not None:
+            upstream = upstreams.get(str(service["upstream_id"]))
+            if upstream is None:
+                fail_status = fail_status or 502
+                fail_reason = fail_reason or f"upstream {service['upstream_id']} not found"
+        elif service.get("upstream") is not None:
+            upstream = service_upstreams.get(sid)
+            if upstream is None:
+                upstream = service_upstreams[sid] = UpstreamRuntime(
+                    schemas.with_defaults("upstream", service["upstream"]), pool
+                )
+    websocket = route.get("enable_websocket")
+    if websocket is None and service is not None:
+        websocket = service.get("enable_websocket")
+    return CompiledRoute(
+        id=rid,
+        conf=route,
+        service=service,
+        chain=combine(global_chain, chain),
+        upstream=upstream,
+        timeouts=Timeouts.from_conf(route.get("timeout")),
+        enable_websocket=bool(websocket),
+        fail_status=fail_status,
+        fail_reason=fail_reason,
+    )
+
+
+class StateHolder:
+    """Holds the live :class:`GatewayState`; ``state`` is read once per request."""
+
+    def __init__(self, initial: GatewayState) -> None:
+        self.state = initial
+
+    def swap(self, new: GatewayState) -> None:
+        self.state = new
+
+
+def empty_state(registry: PluginRegistry) -> GatewayState:
+    """The state before any config was loaded: every request gets 404."""
+    return GatewayState(
+        generation=0,
+        version="empty",
+        router=Router([], "radixtree_host_uri"),
+        routes={},
+        upstreams={},
+        global_chain=EMPTY_CHAIN,
+        registry=registry,
+        snapshot=Snapshot.empty("empty"),
+    )
