@@ -420,7 +420,11 @@ class HttpProtocol(asyncio.Protocol):
         except ProtocolError as err:
             self._reject(err.status, str(err))
         except httptools.HttpParserError as err:
-            self._reject(400, str(err))
+            cause = err.__context__
+            if isinstance(cause, ProtocolError):
+                self._reject(cause.status, str(cause))
+            else:
+                self._reject(400, str(err))
 
     def pause_reading_body(self) -> None:
         if not self._body_paused and self.transport is not None:
