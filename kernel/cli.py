@@ -46,18 +46,27 @@ def _pid_file(cfg: Config) -> Path:
     return cfg.resolve(cfg.get("apisix.pid_file") or "logs/sixgate.pid")
 
 
+def _alive(pid: int) -> bool:
+    """True while ``pid`` runs (a zombie awaiting its parent's wait() counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
 def _read_pid(path: Path) -> int | None:
     try:
         pid = int(path.read_text().strip())
     except (OSError, ValueError):
         return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid
-    return pid
+    return pid if _alive(pid) else None
 
 
 # --- start ----------------------------------------------------------------------------------
@@ -156,9 +165,7 @@ async def _serve(cfg: Config) -> int:
             log.error("reload refused: %s", err)
             return
         gateway.reload_plugins(new_cfg)
-        refresh = getattr(gateway.store, "refresh", None)
-        if refresh is not None:
-            loop.create_task(refresh())
+        loop.create_task(gateway.store.refresh())
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -243,9 +250,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     pid, pid_file = result
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not _alive(pid):
             print(f"sixgate (pid {pid}) stopped", file=sys.stderr)
             return 0
         time.sleep(0.1)

@@ -146,6 +146,9 @@ class ConfigStore(ABC):
     def current(self) -> Snapshot | None:
         """The snapshot now serving (``None`` before :meth:`start`)."""
 
+    async def refresh(self) -> None:  # noqa: B027 - optional for stores without a cache
+        """Re-read and re-validate the stored config now (after the validator changed)."""
+
     @abstractmethod
     def check(self) -> list[Problem]:
         """Read, parse and validate the stored config without applying it (``sixgate validate``).

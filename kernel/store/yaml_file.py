@@ -142,6 +142,16 @@ class YamlFileStore(ConfigStore):
     def current(self) -> Snapshot | None:
         return self._current
 
+    async def refresh(self) -> None:
+        """Re-read and re-validate the file now, even if its bytes did not change.
+
+        Used after something the validator depends on changed (a plugin reload): a file that
+        was refused for naming a plugin that is now enabled gets applied.
+        """
+        async with self._lock:
+            self._last_raw_digest = None
+            self._apply(await asyncio.to_thread(self._read_and_build, True))
+
     def check(self) -> list[Problem]:
         outcome = self._read_and_build(force=True)
         if outcome.built is None:
