@@ -443,9 +443,14 @@ class Proxy:
             conn.begin(skip_body=method == "HEAD")
             conn.write(head)
             try:
-                await self._send_body(req, conn, timeouts.send)
-                async with asyncio.timeout(timeouts.read):
+                if req.body_stream is not None or req.body_buffered:
+                    await self._send_body(req, conn, timeouts.send)
+                deadlines = self.pool.deadlines
+                deadlines.watch(conn, timeouts.read)
+                try:
                     await conn.head
+                finally:
+                    deadlines.unwatch(conn)
                 return conn
             except StaleConnection:
                 conn.close()
@@ -553,19 +558,18 @@ class Proxy:
         head = b"".join(parts)
         ctx.status = status
         ctx.bytes_sent = len(head)
-        proto.write(head)
-        if conn.message_complete and not chain.body_filter and not no_body:
-            # The whole response arrived with its head: one write, no sink.
-            body = b"".join(conn.pending)
+        if conn.message_complete and not chain.body_filter:
+            # The whole response arrived with its head: one write for both.
+            body = b"".join(conn.pending) if not no_body else b""
             conn.pending = []
-            if body:
-                proto.write(b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body) if chunked else body)
-            elif chunked:
-                proto.write(b"0\r\n\r\n")
+            if chunked:
+                body = (b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)) if body else b"0\r\n\r\n"
+            proto.write(head + body if body else head)
             ctx.body_bytes_sent = len(body)
             ctx.bytes_sent += len(body)
             self.pool.release(conn, upstream.pool)
             return
+        proto.write(head)
         body_filter = chain.body_filter
         sent = 0
 

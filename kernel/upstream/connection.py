@@ -188,6 +188,12 @@ class UpstreamConnection(asyncio.Protocol):
                 return False
         return self._head_done()
 
+    def fail_head(self, err: UpstreamError) -> None:
+        """Fail a request still waiting for its response head (read timeout)."""
+        head = self._head
+        if head is not None and not head.done():
+            head.set_exception(err)
+
     def _fail(self, err: UpstreamError) -> None:
         for fut in (self._head, self._done):
             if fut is not None and not fut.done():
@@ -245,12 +251,49 @@ class PoolSettings:
     requests: int = 1000
 
 
+class HeadDeadlines:
+    """Read timeouts for response heads, checked by one ticker instead of a timer per request.
+
+    ``watch`` costs a dict store; every ``resolution`` seconds, while anything is watched, the
+    ticker fails the heads whose deadline has passed with a 504.
+    """
+
+    def __init__(self, resolution: float = 0.05) -> None:
+        self._loop = asyncio.get_event_loop()
+        self._resolution = resolution
+        self._deadlines: dict[UpstreamConnection, float] = {}
+        self._ticking = False
+
+    def watch(self, conn: UpstreamConnection, timeout: float) -> None:
+        self._deadlines[conn] = self._loop.time() + timeout
+        if not self._ticking:
+            self._ticking = True
+            self._loop.call_later(self._resolution, self._tick)
+
+    def unwatch(self, conn: UpstreamConnection) -> None:
+        self._deadlines.pop(conn, None)
+
+    def _tick(self) -> None:
+        deadlines = self._deadlines
+        if not deadlines:
+            self._ticking = False
+            return
+        now = self._loop.time()
+        expired = [conn for conn, deadline in deadlines.items() if deadline <= now]
+        for conn in expired:
+            del deadlines[conn]
+            conn.fail_head(UpstreamError(504, "upstream timed out while reading response header",
+                                         sent=True))
+        self._loop.call_later(self._resolution, self._tick)
+
+
 class ConnectionPool:
     """Idle keep-alive connections per ``(scheme, host, port, sni)``; one pool per worker."""
 
     def __init__(self) -> None:
         self._idle: dict[tuple[object, ...], collections.deque[UpstreamConnection]] = {}
         self._loop = asyncio.get_event_loop()
+        self.deadlines = HeadDeadlines()
 
     async def acquire(
         self,
