@@ -75,72 +75,51 @@ class ResponseState:
 
 
 class RequestContext:
-    """One request: what plugins see as ``ctx`` and what the kernel records for logging."""
+    """One request: what plugins see as ``ctx`` and what the kernel records for logging.
 
-    __slots__ = (
-        "_args",
-        "_cookies",
-        "body_bytes_sent",
-        "chain",
-        "bytes_sent",
-        "consumer",
-        "end_time",
-        "host",
-        "node",
-        "plugin_log",
-        "request",
-        "request_id",
-        "response_view",
-        "route",
-        "route_id",
-        "service",
-        "shared",
-        "status",
-        "upstream_addrs",
-        "upstream_connect_time",
-        "upstream_header_time",
-        "upstream_headers",
-        "upstream_host_sent",
-        "upstream_response_time",
-        "upstream_scheme",
-        "upstream_state",
-        "upstream_statuses",
-        "uri",
-        "uri_params",
-        "var",
-    )
+    Optional fields live as class-level defaults, so creating a context sets four attributes;
+    a field gets an instance value only when a request actually uses it.
+    """
+
+    route: Mapping[str, Any] | None = None
+    route_id: str | None = None
+    service: Mapping[str, Any] | None = None
+    consumer: Mapping[str, Any] | None = None
+    uri_params: dict[str, str] | None = None
+    upstream_state: UpstreamChanges | None = None
+    response_view: ResponseState | None = None
+    upstream_headers: Headers | None = None
+    node: Node | None = None
+    upstream_addrs: list[str] | None = None
+    upstream_statuses: list[str] | None = None
+    upstream_response_time: float | None = None
+    upstream_connect_time: float | None = None
+    upstream_header_time: float | None = None
+    upstream_scheme: str | None = None
+    upstream_host_sent: str | None = None
+    status = 0
+    bytes_sent = 0
+    body_bytes_sent = 0
+    end_time: float | None = None
+    request_id: str | None = None
+    _args: dict[str, Any] | None = None
+    _cookies: dict[str, str] | None = None
+    _shared: dict[str, Any] | None = None
+    chain: Any = EMPTY_CHAIN
+    plugin_log: logging.Logger = log
 
     def __init__(self, request: HttpRequest, host: str) -> None:
         self.request = request
         self.host = host
         self.uri = request.path
         self.var = Vars(self)
-        self.route: Mapping[str, Any] | None = None
-        self.route_id: str | None = None
-        self.service: Mapping[str, Any] | None = None
-        self.consumer: Mapping[str, Any] | None = None
-        self.uri_params: dict[str, str] | None = None
-        self.upstream_state: UpstreamChanges | None = None
-        self.response_view: ResponseState | None = None
-        self.upstream_headers: Headers | None = None
-        self.node: Node | None = None
-        self.upstream_addrs: list[str] | None = None
-        self.upstream_statuses: list[str] | None = None
-        self.upstream_response_time: float | None = None
-        self.upstream_connect_time: float | None = None
-        self.upstream_header_time: float | None = None
-        self.upstream_scheme: str | None = None
-        self.upstream_host_sent: str | None = None
-        self.status = 0
-        self.bytes_sent = 0
-        self.body_bytes_sent = 0
-        self.end_time: float | None = None
-        self.request_id: str | None = None
-        self._args: dict[str, Any] | None = None
-        self._cookies: dict[str, str] | None = None
-        self.shared: dict[str, Any] = {}
-        self.chain: Any = EMPTY_CHAIN
-        self.plugin_log = log
+
+    @property
+    def shared(self) -> dict[str, Any]:
+        shared = self._shared
+        if shared is None:
+            shared = self._shared = {}
+        return shared
 
     # --- the plugin_sdk.Context surface -------------------------------------------------
     @property

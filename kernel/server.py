@@ -178,43 +178,49 @@ class Body:
 
 
 class HttpRequest:
-    """One parsed request (implements :class:`plugin_sdk.Request`)."""
+    """One parsed request (implements :class:`plugin_sdk.Request`).
 
-    __slots__ = (
-        "_body_cache",
-        "_headers",
-        "body_stream",
-        "bytes_received",
-        "chunked",
-        "client_ip",
-        "client_port",
-        "content_length",
-        "host_header",
-        "keep_alive",
-        "method",
-        "path",
-        "peer_ip",
-        "query_string",
-        "raw_headers",
-        "raw_uri",
-        "scheme",
-        "server_addr",
-        "server_port",
-        "start_mono",
-        "start_time",
-        "upgrade",
-        "upgrade_data",
-        "version",
-    )
+    Connection-level facts (server address, scheme, peer) are read through ``conn`` rather
+    than copied per request; optional fields are class-level defaults.
+    """
 
-    def __init__(self) -> None:
-        self._headers: Headers | None = None
-        self._body_cache: bytes | None = None
-        self.body_stream: Body | None = None
-        self.upgrade = False
-        self.upgrade_data = b""
-        self.chunked = False
-        self.content_length: int | None = None
+    _headers: Headers | None = None
+    _body_cache: bytes | None = None
+    body_stream: Body | None = None
+    upgrade = False
+    upgrade_data = b""
+    chunked = False
+    content_length: int | None = None
+    host_header: str | None = None
+
+    def __init__(self, conn: HttpProtocol, start_mono: float) -> None:
+        self.conn = conn
+        self.start_mono = start_mono
+        self.client_ip = conn.peer_ip
+
+    @property
+    def start_time(self) -> float:
+        return time.time() - (self.conn._loop.time() - self.start_mono)
+
+    @property
+    def scheme(self) -> str:
+        return self.conn.scheme
+
+    @property
+    def server_addr(self) -> str:
+        return self.conn.server_addr
+
+    @property
+    def server_port(self) -> int:
+        return self.conn.server_port
+
+    @property
+    def peer_ip(self) -> str:
+        return self.conn.peer_ip
+
+    @property
+    def client_port(self) -> int:
+        return self.conn.peer_port
 
     @property
     def headers(self) -> Headers:
@@ -461,9 +467,7 @@ class HttpProtocol(asyncio.Protocol):
 
     def on_headers_complete(self) -> None:
         parser = self._parser
-        req = HttpRequest()
-        req.start_time = time.time()
-        req.start_mono = self._loop.time()
+        req = HttpRequest(self, self._loop.time())
         req.method = parser.get_method().decode("ascii")
         req.version = parser.get_http_version()
         req.keep_alive = parser.should_keep_alive()
@@ -476,12 +480,6 @@ class HttpProtocol(asyncio.Protocol):
             req.path = normalize_path(path)
         except BadURI as err:
             raise ProtocolError(400, str(err)) from None
-        req.scheme = self.scheme
-        req.server_addr = self.server_addr
-        req.server_port = self.server_port
-        req.peer_ip = self.peer_ip
-        req.client_ip = self.peer_ip
-        req.client_port = self.peer_port
         req.bytes_received = len(self._url) + self._header_bytes + 4 * len(headers) + 16
         host = None
         real_ip_name = self.real_ip.header
