@@ -131,12 +131,30 @@ class Proxy:
 
     # --- entry point ------------------------------------------------------------------
     async def handle(self, proto: HttpProtocol, req: HttpRequest) -> None:
+        """Serve one request, then tell the connection it may read the next one."""
         state: GatewayState = self._get_state()
         self.inflight += 1
         ctx = RequestContext(req, _host_of(req.host_header, req.server_addr))
         try:
-            await self._serve(proto, req, ctx, state)
+            uri = req.path
+            if self.delete_uri_tail_slash and len(uri) > 1 and uri[-1] == "/":
+                uri = ctx.uri = uri[:-1]
+            match = state.router.match(
+                uri, req.method, ctx.host, req.host_header, req.client_ip, ctx.var
+            )
+            if match is None:
+                await self._unmatched(proto, ctx, state)
+            else:
+                route: CompiledRoute = match.spec.payload
+                ctx.route = route.conf
+                ctx.route_id = route.id
+                ctx.service = route.service
+                ctx.uri_params = match.params
+                await self._serve_route(proto, req, ctx, route)
         except ConnectionError:
+            proto.abort()
+        except Exception:
+            log.exception("unhandled error while serving %s %s", req.method, req.raw_uri)
             proto.abort()
         finally:
             self.inflight -= 1
@@ -151,31 +169,24 @@ class Proxy:
             self.access_log.write(ctx)
         if req.upgrade and req.upgrade_data and not proto.is_tunnel():
             proto.resume_http(req.upgrade_data)
+        proto.finish_request(req)
 
-    async def _serve(
-        self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext, state: GatewayState
+    async def _unmatched(self, proto: HttpProtocol, ctx: RequestContext, state: GatewayState) -> None:
+        """No route: global rules' rewrite and access still run, then the JSON 404."""
+        chain = state.global_chain
+        if not chain.empty:
+            if chain.has_filters:
+                chain = chain.for_request(ctx.var)
+            ctx.chain = chain
+            resp = await self._request_phases(ctx, chain)
+            if resp is not None:
+                await self.send_response(proto, ctx, resp, chain)
+                return
+        await self.send_generated(proto, ctx, 404, _NOT_FOUND_BODY, _TEXT, chain)
+
+    async def _serve_route(
+        self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext, route: CompiledRoute
     ) -> None:
-        uri = req.path
-        if self.delete_uri_tail_slash and len(uri) > 1 and uri[-1] == "/":
-            uri = ctx.uri = uri[:-1]
-        match = state.router.match(uri, req.method, ctx.host, req.host_header, req.client_ip, ctx.var)
-        if match is None:
-            chain = state.global_chain
-            if not chain.empty:
-                if chain.has_filters:
-                    chain = chain.for_request(ctx.var)
-                ctx.chain = chain
-                resp = await self._request_phases(ctx, chain)
-                if resp is not None:
-                    await self.send_response(proto, ctx, resp, chain)
-                    return
-            await self.send_generated(proto, ctx, 404, _NOT_FOUND_BODY, _TEXT, chain)
-            return
-        route: CompiledRoute = match.spec.payload
-        ctx.route = route.conf
-        ctx.route_id = route.id
-        ctx.service = route.service
-        ctx.uri_params = match.params
         if route.fail_status:
             log.error("route %s: %s", route.id, route.fail_reason)
             await self.send_generated(proto, ctx, route.fail_status, None, _HTML, EMPTY_CHAIN)
@@ -329,11 +340,11 @@ class Proxy:
                 log.error("%s while proxying route %s", err, route.id)
                 await self._upstream_failed(proto, ctx, chain, err.status, str(err))
                 return
-            ctx.upstream_header_time = round(loop.time() - try_start, 3)
+            ctx.upstream_header_time = loop.time() - try_start
             statuses.append(str(conn.status))
             await self._relay(proto, req, ctx, upstream, conn, chain, timeouts.read, tunnel)
             picker.done(node, loop.time() - try_start)
-            ctx.upstream_response_time = round(loop.time() - try_start, 3)
+            ctx.upstream_response_time = loop.time() - try_start
             return
 
     async def _upstream_failed(
@@ -435,11 +446,12 @@ class Proxy:
         key = (upstream.scheme, node.host, node.port, ctx.upstream_host_sent if upstream.ssl_context
                else None)
         for attempt in (0, 1):
-            conn = await self.pool.acquire(
-                key, node.host, node.port, timeouts.connect, upstream.ssl_context,
-                ctx.upstream_host_sent.split(":")[0] if ctx.upstream_host_sent else None,
-                upstream.pool,
-            )
+            conn = self.pool.take(key, upstream.pool) if attempt == 0 else None
+            if conn is None:
+                conn = await self.pool.connect(
+                    key, node.host, node.port, timeouts.connect, upstream.ssl_context,
+                    ctx.upstream_host_sent.split(":")[0] if ctx.upstream_host_sent else None,
+                )
             conn.begin(skip_body=method == "HEAD")
             conn.write(head)
             try:
@@ -495,53 +507,59 @@ class Proxy:
         if chunked:
             conn.write(b"0\r\n\r\n")
 
-    async def _relay(
-        self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext,
-        upstream: UpstreamRuntime, conn: UpstreamConnection, chain: Chain, read_timeout: float,
-        tunnel: bool,
-    ) -> None:
-        """Send the upstream's response head and stream its body to the client."""
-        status = conn.status
-        headers = conn.headers
-        if status == 101 and tunnel:
-            await self._tunnel(proto, req, ctx, conn, headers)
-            return
-        show_status = status >= 500 or self.show_upstream_status
+    # --- response heads ------------------------------------------------------------------
+    def response_view(
+        self, ctx: RequestContext, status: int, headers: list[tuple[bytes, bytes]]
+    ) -> ResponseState:
+        """``ctx.response`` for header/body filters, from the upstream's head."""
+        resp_headers = Headers(
+            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers
+             if n.lower() not in _RESPONSE_SKIP]
+        )
+        ctx.upstream_headers = resp_headers
+        if status >= 500 or self.show_upstream_status:
+            resp_headers.set("X-APISIX-Upstream-Status", ", ".join(ctx.upstream_statuses or ()))
+        view = ctx.response_view = ResponseState(status, resp_headers)
+        return view
+
+    def head_from_view(
+        self, req: HttpRequest, ctx: RequestContext, view: ResponseState, chain: Chain
+    ) -> tuple[bytes, bool, bool]:
+        """The client's response head after header filters: ``(head, chunked, no_body)``."""
+        if chain.body_filter:
+            view.headers.remove("Content-Length")
+        parts = [pages.status_line(view.status), self._server_line]
         length_known = False
-        if chain.header_filter or chain.body_filter:
-            resp_headers = Headers(
-                [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers
-                 if n.lower() not in _RESPONSE_SKIP]
-            )
-            ctx.upstream_headers = resp_headers
-            if show_status:
-                resp_headers.set("X-APISIX-Upstream-Status", ", ".join(ctx.upstream_statuses or ()))
-            view = ctx.response_view = ResponseState(status, resp_headers)
-            if chain.header_filter_async:
-                await run_response_phase_async(chain.header_filter, ctx)
-            elif chain.header_filter:
-                run_response_phase(chain.header_filter, ctx)
-            if chain.body_filter:
-                view.headers.remove("Content-Length")
-            status = view.status
-            parts = [pages.status_line(status), self._server_line]
-            for name, value in view.headers.items():
-                if name.lower() == "content-length":
-                    length_known = True
-                parts.append(f"{name}: {value}\r\n".encode("latin-1"))
-        else:
-            parts = [pages.status_line(status), self._server_line]
-            skip = _RESPONSE_SKIP
-            for name, value in headers:
-                lname = name.lower()
-                if lname in skip:
-                    continue
-                if lname == b"content-length":
-                    length_known = True
-                parts += (name, b": ", value, b"\r\n")
-            if show_status:
-                parts += (b"X-APISIX-Upstream-Status: ",
-                          ", ".join(ctx.upstream_statuses or ()).encode(), b"\r\n")
+        for name, value in view.headers.items():
+            if name.lower() == "content-length":
+                length_known = True
+            parts.append(f"{name}: {value}\r\n".encode("latin-1"))
+        return self._close_head(parts, req, ctx, view.status, length_known)
+
+    def head_from_raw(
+        self, req: HttpRequest, ctx: RequestContext, status: int,
+        headers: list[tuple[bytes, bytes]],
+    ) -> tuple[bytes, bool, bool]:
+        """The client's response head straight from the upstream's: ``(head, chunked, no_body)``."""
+        parts = [pages.status_line(status), self._server_line]
+        length_known = False
+        skip = _RESPONSE_SKIP
+        for name, value in headers:
+            lname = name.lower()
+            if lname in skip:
+                continue
+            if lname == b"content-length":
+                length_known = True
+            parts += (name, b": ", value, b"\r\n")
+        if status >= 500 or self.show_upstream_status:
+            parts += (b"X-APISIX-Upstream-Status: ",
+                      ", ".join(ctx.upstream_statuses or ()).encode(), b"\r\n")
+        return self._close_head(parts, req, ctx, status, length_known)
+
+    def _close_head(
+        self, parts: list[bytes], req: HttpRequest, ctx: RequestContext, status: int,
+        length_known: bool,
+    ) -> tuple[bytes, bool, bool]:
         no_body = req.method == "HEAD" or status in (204, 304) or 100 <= status < 200
         chunked = not length_known and not no_body and req.version == "1.1"
         if chunked:
@@ -558,6 +576,28 @@ class Proxy:
         head = b"".join(parts)
         ctx.status = status
         ctx.bytes_sent = len(head)
+        return head, chunked, no_body
+
+    async def _relay(
+        self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext,
+        upstream: UpstreamRuntime, conn: UpstreamConnection, chain: Chain, read_timeout: float,
+        tunnel: bool,
+    ) -> None:
+        """Send the upstream's response head and stream its body to the client."""
+        status = conn.status
+        headers = conn.headers
+        if status == 101 and tunnel:
+            await self._tunnel(proto, req, ctx, conn, headers)
+            return
+        if chain.header_filter or chain.body_filter:
+            view = self.response_view(ctx, status, headers)
+            if chain.header_filter_async:
+                await run_response_phase_async(chain.header_filter, ctx)
+            elif chain.header_filter:
+                run_response_phase(chain.header_filter, ctx)
+            head, chunked, no_body = self.head_from_view(req, ctx, view, chain)
+        else:
+            head, chunked, no_body = self.head_from_raw(req, ctx, status, headers)
         if conn.message_complete and not chain.body_filter:
             # The whole response arrived with its head: one write for both.
             body = b"".join(conn.pending) if not no_body else b""

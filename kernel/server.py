@@ -571,21 +571,15 @@ class HttpProtocol(asyncio.Protocol):
 
     # --- dispatch ---------------------------------------------------------------------
     def _start(self, req: HttpRequest) -> None:
+        """Run the handler for ``req``; it calls :meth:`finish_request` when done."""
         self._active = req
         self._state = _BUSY
-        self._loop.create_task(self._run(req))
-
-    async def _run(self, req: HttpRequest) -> None:
-        try:
-            await self._handler(self, req)
-        except Exception:
-            log.exception("unhandled error while serving %s %s", req.method, req.raw_uri)
-            self.abort()
-            return
-        self.finish_request(req)
+        self._loop.create_task(self._handler(self, req))
 
     def finish_request(self, req: HttpRequest) -> None:
-        """The response to ``req`` is fully written: close, or move to the next request."""
+        """The response to ``req`` is fully written: close, or move to the next request.
+
+        Called by the handler as its last step (also after it failed)."""
         self._active = None
         if self.closed:
             return

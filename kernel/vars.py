@@ -52,6 +52,10 @@ def parse_cookies(header: str | None) -> dict[str, str]:
     return cookies
 
 
+def _seconds(value: float | None) -> str | None:
+    return None if value is None else f"{value:.3f}"
+
+
 def _first(value: Any) -> Any:
     return value[0] if isinstance(value, list) else value
 
@@ -102,9 +106,9 @@ _GETTERS: dict[str, Getter] = {
     "request_time": lambda c: f"{(c.end_time or c.request.start_mono) - c.request.start_mono:.3f}",
     "upstream_addr": lambda c: ", ".join(c.upstream_addrs) if c.upstream_addrs else None,
     "upstream_status": lambda c: ", ".join(c.upstream_statuses) if c.upstream_statuses else None,
-    "upstream_response_time": lambda c: c.upstream_response_time,
-    "upstream_connect_time": lambda c: c.upstream_connect_time,
-    "upstream_header_time": lambda c: c.upstream_header_time,
+    "upstream_response_time": lambda c: _seconds(c.upstream_response_time),
+    "upstream_connect_time": lambda c: _seconds(c.upstream_connect_time),
+    "upstream_header_time": lambda c: _seconds(c.upstream_header_time),
     "upstream_scheme": lambda c: c.upstream_scheme,
     "upstream_host": _upstream_host,
     "upstream_uri": _upstream_uri,

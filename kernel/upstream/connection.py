@@ -210,7 +210,7 @@ class UpstreamConnection(asyncio.Protocol):
         self.sink = None
         self.pending = []
         self._head = self._loop.create_future()
-        self._done = self._loop.create_future()
+        self._done = None
 
     @property
     def head(self) -> asyncio.Future[None]:
@@ -219,8 +219,21 @@ class UpstreamConnection(asyncio.Protocol):
 
     @property
     def done(self) -> asyncio.Future[None]:
-        assert self._done is not None
-        return self._done
+        """Resolved when the response body has been read completely (made on first use)."""
+        done = self._done
+        if done is None:
+            done = self._done = self._loop.create_future()
+            if self.message_complete:
+                done.set_result(None)
+            elif self.closed:
+                if self._close_delimited() and not self.keep_alive:
+                    self.message_complete = True
+                    done.set_result(None)
+                else:
+                    done.set_exception(
+                        UpstreamError(502, "upstream prematurely closed connection", sent=True)
+                    )
+        return done
 
     def write(self, data: bytes) -> None:
         if self.transport is not None and not self.closed:
@@ -295,7 +308,23 @@ class ConnectionPool:
         self._loop = asyncio.get_event_loop()
         self.deadlines = HeadDeadlines()
 
-    async def acquire(
+    def take(
+        self, key: tuple[object, ...], settings: PoolSettings | None = None
+    ) -> UpstreamConnection | None:
+        """An idle keep-alive connection for ``key``, or ``None``."""
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = self._loop.time()
+        timeout = settings.idle_timeout if settings is not None else 60.0
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < timeout:
+                return conn
+            conn.close()
+        return None
+
+    async def connect(
         self,
         key: tuple[object, ...],
         host: str,
@@ -303,18 +332,8 @@ class ConnectionPool:
         connect_timeout: float,
         ssl_context: ssl.SSLContext | None = None,
         server_hostname: str | None = None,
-        settings: PoolSettings | None = None,
     ) -> UpstreamConnection:
-        """An idle connection for ``key`` or a new one (raises :class:`UpstreamError`)."""
-        idle = self._idle.get(key)
-        if idle:
-            now = self._loop.time()
-            timeout = settings.idle_timeout if settings is not None else 60.0
-            while idle:
-                conn = idle.pop()
-                if not conn.closed and now - conn.idle_since < timeout:
-                    return conn
-                conn.close()
+        """A new connection to ``host:port`` (raises :class:`UpstreamError`)."""
         try:
             async with asyncio.timeout(connect_timeout):
                 _, conn = await self._loop.create_connection(
@@ -325,7 +344,9 @@ class ConnectionPool:
                     server_hostname=server_hostname if ssl_context is not None else None,
                 )
         except TimeoutError:
-            raise UpstreamError(504, f"upstream timed out while connecting to {host}:{port}")
+            raise UpstreamError(
+                504, f"upstream timed out while connecting to {host}:{port}"
+            ) from None
         except OSError as err:
             raise UpstreamError(502, f"connect() to {host}:{port} failed: {err}") from None
         return conn
