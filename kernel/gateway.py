@@ -205,7 +205,7 @@ class Gateway:
             log.info("listening on %s:%s", addr[0], addr[1])
 
     def _protocol(self) -> HttpProtocol:
-        return HttpProtocol(self.proxy.handle, self.limits, self.real_ip, self.connections)
+        return HttpProtocol(self.proxy.dispatch, self.limits, self.real_ip, self.connections)
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Stop accepting, let in-flight requests finish (at most ``timeout`` s), then close."""

@@ -22,6 +22,8 @@ from kernel.chain import (
     run_response_phase_async,
 )
 from kernel.context import RequestContext, ResponseState
+from kernel.server import HOP_BY_HOP
+from kernel.direct import DirectExchange
 from kernel.upstream.connection import (
     ConnectionPool,
     StaleConnection,
@@ -38,26 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("sixgate.proxy")
 
-_REQUEST_SKIP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"te",
-        b"trailer",
-        b"transfer-encoding",
-        b"upgrade",
-        b"host",
-        b"content-length",
-        b"expect",
-        b"x-real-ip",
-        b"x-forwarded-for",
-        b"x-forwarded-proto",
-        b"x-forwarded-host",
-        b"x-forwarded-port",
-        b"forwarded",
-    }
-)
+_REQUEST_SKIP = HOP_BY_HOP
 _RESPONSE_SKIP = frozenset(
     {
         b"connection",
@@ -128,43 +111,150 @@ class Proxy:
         self.show_upstream_status = show_upstream_status
         self._date = _Date()
         self.inflight = 0
+        self.loop = asyncio.get_event_loop()
 
     # --- entry point ------------------------------------------------------------------
-    async def handle(self, proto: HttpProtocol, req: HttpRequest) -> None:
-        """Serve one request, then tell the connection it may read the next one."""
+    def dispatch(self, proto: HttpProtocol, req: HttpRequest) -> None:
+        """Serve a request whose head was just parsed (called by the connection, in order).
+
+        Routes compiled as ``direct`` with a body-less request run on the callback path
+        (:mod:`kernel.direct`); everything else becomes a task running :meth:`handle`.
+        """
         state: GatewayState = self._get_state()
         self.inflight += 1
         ctx = RequestContext(req, _host_of(req.host_header, req.server_addr))
+        uri = req.path
+        if self.delete_uri_tail_slash and len(uri) > 1 and uri[-1] == "/":
+            uri = ctx.uri = uri[:-1]
+        match = state.router.match(uri, req.method, ctx.host, req.host_header, req.client_ip,
+                                   ctx.var)
+        if match is None:
+            self.loop.create_task(self.handle(proto, req, ctx, None, state))
+            return
+        route: CompiledRoute = match.spec.payload
+        ctx.route = route.conf
+        ctx.route_id = route.id
+        ctx.service = route.service
+        ctx.uri_params = match.params
+        if route.direct and req.body_stream is None and not req.upgrade:
+            try:
+                if self._direct(proto, req, ctx, route):
+                    return
+            except Exception:
+                log.exception("unhandled error while serving %s %s", req.method, req.raw_uri)
+                proto.abort()
+                self.finish_sync(proto, req, ctx)
+                return
+        self.loop.create_task(self.handle(proto, req, ctx, route, state))
+
+    def _direct(
+        self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext, route: CompiledRoute
+    ) -> bool:
+        """Start the callback path; ``False`` leaves the request to :meth:`handle`."""
+        chain = route.chain
+        if chain.rewrite or chain.access:
+            ctx.chain = chain
+            for step in chain.rewrite + chain.access:
+                result = step.func(ctx, step.conf)
+                if result is not None and isinstance(result, Response):
+                    if step.error_response is not None and result.status >= 400:
+                        result = Response(result.status, step.error_response, result.headers)
+                    self.loop.create_task(self._answer(proto, req, ctx, result, chain))
+                    return True
+        elif not chain.empty:
+            ctx.chain = chain
+        upstream = route.upstream
+        assert upstream is not None and upstream.picker is not None
+        node = upstream.picker.pick(ctx.var, None)
+        if node is None:
+            self.loop.create_task(self._forward_task(proto, req, ctx, route, None))
+            return True
+        ctx.node = node
+        for step in chain.before_proxy:
+            result = step.func(ctx, step.conf)
+            if result is not None and isinstance(result, Response):
+                upstream.picker.done(node, None)
+                self.loop.create_task(self._answer(proto, req, ctx, result, chain))
+                return True
+        conn = self.pool.take(upstream.key_for(node), upstream.pool)
+        if conn is None:
+            # A new connection is needed: the task path connects to the node picked here.
+            self.loop.create_task(self._forward_task(proto, req, ctx, route, None, node))
+            return True
+        ctx.upstream_statuses = []
+        ctx.upstream_addrs = [node.addr]
+        ctx.upstream_scheme = upstream.scheme
+        head = self._request_head(req, ctx, upstream, node, False)
+        timeouts = route.timeouts or upstream.timeouts
+        DirectExchange(self, proto, req, ctx, route, node, conn).start(head, timeouts.read)
+        return True
+
+    def continue_after_failure(
+        self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext,
+        route: CompiledRoute, node: Any, err: UpstreamError,
+    ) -> None:
+        """The direct path failed before any response byte: retry or answer on the task path."""
+        upstream = route.upstream
+        if upstream is not None and upstream.picker is not None:
+            upstream.picker.done(node, None)
+        self.loop.create_task(self._forward_task(proto, req, ctx, route, (node, err)))
+
+    async def _forward_task(
+        self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext,
+        route: CompiledRoute, failed: tuple[Any, UpstreamError] | None, picked: Any = None,
+    ) -> None:
         try:
-            uri = req.path
-            if self.delete_uri_tail_slash and len(uri) > 1 and uri[-1] == "/":
-                uri = ctx.uri = uri[:-1]
-            match = state.router.match(
-                uri, req.method, ctx.host, req.host_header, req.client_ip, ctx.var
-            )
-            if match is None:
+            assert route.upstream is not None
+            await self._forward(proto, req, ctx, route, route.upstream, route.chain, failed,
+                                picked)
+        except Exception:
+            log.exception("unhandled error while serving %s %s", req.method, req.raw_uri)
+            proto.abort()
+        await self._epilogue(proto, req, ctx)
+
+    async def _answer(
+        self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext, resp: Response,
+        chain: Chain,
+    ) -> None:
+        try:
+            await self.send_response(proto, ctx, resp, chain)
+        except Exception:
+            log.exception("unhandled error while answering %s %s", req.method, req.raw_uri)
+            proto.abort()
+        await self._epilogue(proto, req, ctx)
+
+    async def handle(
+        self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext,
+        route: CompiledRoute | None, state: GatewayState,
+    ) -> None:
+        """Serve one request on the task path, then let the connection read the next one."""
+        try:
+            if route is None:
                 await self._unmatched(proto, ctx, state)
             else:
-                route: CompiledRoute = match.spec.payload
-                ctx.route = route.conf
-                ctx.route_id = route.id
-                ctx.service = route.service
-                ctx.uri_params = match.params
                 await self._serve_route(proto, req, ctx, route)
         except ConnectionError:
             proto.abort()
         except Exception:
             log.exception("unhandled error while serving %s %s", req.method, req.raw_uri)
             proto.abort()
-        finally:
-            self.inflight -= 1
-        ctx.end_time = asyncio.get_running_loop().time()
+        await self._epilogue(proto, req, ctx)
+
+    async def _epilogue(self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext) -> None:
+        chain = ctx.chain
+        if chain.log_async:
+            ctx.end_time = self.loop.time()
+            await run_response_phase_async(chain.log, ctx)
+            ctx.chain = EMPTY_CHAIN
+        self.finish_sync(proto, req, ctx)
+
+    def finish_sync(self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext) -> None:
+        """The response is written: log phase, access log, next request on the connection."""
+        self.inflight -= 1
+        ctx.end_time = self.loop.time()
         chain = ctx.chain
         if chain.log:
-            if chain.log_async:
-                await run_response_phase_async(chain.log, ctx)
-            else:
-                run_response_phase(chain.log, ctx)
+            run_response_phase(chain.log, ctx)
         if self.access_log is not None:
             self.access_log.write(ctx)
         if req.upgrade and req.upgrade_data and not proto.is_tunnel():
@@ -289,7 +379,14 @@ class Proxy:
         route: CompiledRoute,
         upstream: UpstreamRuntime,
         chain: Chain,
+        failed: tuple[Any, UpstreamError] | None = None,
+        picked: Any = None,
     ) -> None:
+        """Pick a node, exchange, retry on connect errors and timeouts, relay the response.
+
+        ``failed``: a node that already failed for this request on the direct path;
+        ``picked``: a node the direct path picked but had no idle connection for.
+        """
         picker = await upstream.picker_for(self.resolver) if upstream.has_domain else upstream.picker
         if picker is None:
             log.error("no valid upstream node (route %s)", route.id)
@@ -308,8 +405,30 @@ class Proxy:
         ctx.upstream_scheme = upstream.scheme
         tunnel = req.upgrade and route.enable_websocket
         body_sent = False
+        stale_retry = False
+        if failed is not None:
+            node, err = failed
+            addrs.append(node.addr)
+            if isinstance(err, StaleConnection):
+                stale_retry = True  # not a node failure: the same node gets a fresh connection
+            else:
+                statuses.append(str(err.status))
+                if tries_left <= 0:
+                    log.error("%s while proxying route %s", err, route.id)
+                    await self._upstream_failed(proto, ctx, chain, err.status, str(err))
+                    return
+                log.warning("%s, retrying (route %s)", err, route.id)
+                tries_left -= 1
+                tried = {node}
         while True:
-            node = picker.pick(ctx.var, tried)
+            if stale_retry:
+                stale_retry = False
+                node = failed[0]  # type: ignore[index]
+                addrs.pop()
+            elif picked is not None:
+                node, picked = picked, None
+            else:
+                node = picker.pick(ctx.var, tried)
             if node is None:
                 await self._upstream_failed(proto, ctx, chain, 502, "no upstream node left to try")
                 return
@@ -382,41 +501,26 @@ class Proxy:
         if host is None:
             host = node.addr
         ctx.upstream_host_sent = host
-        parts = [method.encode(), b" ", target.encode("latin-1"), b" HTTP/1.1\r\nHost: ",
-                 host.encode("latin-1"), b"\r\n"]
-        skip = _REQUEST_SKIP
-        xff = None
-        fwd_proto = fwd_host = fwd_port = None
-        for name, value in req.raw_headers:
-            lname = name.lower()
-            if lname in skip:
-                if lname == b"x-forwarded-for":
-                    xff = value if xff is None else xff + b", " + value
-                continue
-            if changes is not None and changes.overrides(lname.decode("latin-1")):
-                continue
-            parts += (name, b": ", value, b"\r\n")
-        if changes is not None:
-            for name, values in changes.set.values():
-                for v in values:
-                    parts.append(f"{name}: {v}\r\n".encode("latin-1"))
-            for name, v in changes.add:
-                parts.append(f"{name}: {v}\r\n".encode("latin-1"))
+        if changes is None:
+            block = req.forward_block
+        else:
+            block = self._changed_headers(req, changes)
         client = req.client_ip.encode()
-        fwd_proto = req.scheme.encode()
+        xff = req.xff
         hh = req.host_header
-        fwd_host = hh.encode("latin-1") if hh else ctx.host.encode()
-        port_str = None
+        port = None
         if hh and not hh.endswith("]") and ":" in hh:
-            port_str = hh.rsplit(":", 1)[1]
-        fwd_port = (port_str or str(req.server_port)).encode()
-        parts += (
-            b"X-Real-IP: ", client, b"\r\nX-Forwarded-For: ",
-            (xff + b", " + client) if xff else client,
-            b"\r\nX-Forwarded-Proto: ", fwd_proto,
-            b"\r\nX-Forwarded-Host: ", fwd_host,
-            b"\r\nX-Forwarded-Port: ", fwd_port, b"\r\n",
-        )
+            port = hh.rsplit(":", 1)[1]
+        parts = [
+            b"%s %s HTTP/1.1\r\nHost: %s\r\n%sX-Real-IP: %s\r\nX-Forwarded-For: %s\r\n"
+            b"X-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nX-Forwarded-Port: %s\r\n"
+            % (
+                method.encode(), target.encode("latin-1"), host.encode("latin-1"), block, client,
+                (xff + b", " + client) if xff else client, req.scheme.encode(),
+                hh.encode("latin-1") if hh else ctx.host.encode(),
+                (port or str(req.server_port)).encode(),
+            )
+        ]
         if tunnel:
             for name, value in req.raw_headers:
                 if name.lower() == b"upgrade":
@@ -435,6 +539,23 @@ class Proxy:
         parts.append(b"\r\n")
         return b"".join(parts)
 
+    @staticmethod
+    def _changed_headers(req: HttpRequest, changes: Any) -> bytes:
+        """The client's forwarded header lines with a plugin's set/add/remove applied."""
+        parts: list[bytes] = []
+        skip = _REQUEST_SKIP
+        for name, value in req.raw_headers:
+            lname = name.lower()
+            if lname in skip or changes.overrides(lname.decode("latin-1")):
+                continue
+            parts += (name, b": ", value, b"\r\n")
+        for name, values in changes.set.values():
+            for v in values:
+                parts.append(f"{name}: {v}\r\n".encode("latin-1"))
+        for name, v in changes.add:
+            parts.append(f"{name}: {v}\r\n".encode("latin-1"))
+        return b"".join(parts)
+
     async def _exchange(
         self, req: HttpRequest, ctx: RequestContext, upstream: UpstreamRuntime, node: Any,
         timeouts: Any, tunnel: bool,
@@ -443,8 +564,7 @@ class Proxy:
         head = self._request_head(req, ctx, upstream, node, tunnel)
         method = (ctx.upstream_state.method if ctx.upstream_state and ctx.upstream_state.method
                   else req.method)
-        key = (upstream.scheme, node.host, node.port, ctx.upstream_host_sent if upstream.ssl_context
-               else None)
+        key = upstream.key_for(node, ctx.upstream_host_sent)
         for attempt in (0, 1):
             conn = self.pool.take(key, upstream.pool) if attempt == 0 else None
             if conn is None:

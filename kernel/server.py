@@ -12,7 +12,7 @@ import collections
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,30 @@ log = logging.getLogger("sixgate.server")
 _IDLE, _HEADERS, _BUSY = 0, 1, 2
 _BODY_HIGH_WATER = 256 * 1024
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"trailer",
+        b"transfer-encoding",
+        b"upgrade",
+        b"host",
+        b"content-length",
+        b"expect",
+        b"x-real-ip",
+        b"x-forwarded-for",
+        b"x-forwarded-proto",
+        b"x-forwarded-host",
+        b"x-forwarded-port",
+        b"forwarded",
+    }
+)
+"""Request headers the proxy never forwards as received: hop-by-hop ones, ``Host``, framing,
+and the ``X-Forwarded-*``/``X-Real-IP``/``Forwarded`` headers it sets itself."""
 
 
 class ProtocolError(Exception):
@@ -192,6 +216,10 @@ class HttpRequest:
     chunked = False
     content_length: int | None = None
     host_header: str | None = None
+    xff: bytes | None = None
+    """The client's ``X-Forwarded-For`` values, comma-joined."""
+    forward_block: bytes = b""
+    """The client's header lines to forward as they are (hop-by-hop and proxy headers left out)."""
 
     def __init__(self, conn: HttpProtocol, start_mono: float) -> None:
         self.conn = conn
@@ -247,7 +275,8 @@ class HttpRequest:
         return self._body_cache
 
 
-Handler = Callable[["HttpProtocol", HttpRequest], Coroutine[Any, Any, None]]
+Handler = Callable[["HttpProtocol", HttpRequest], None]
+"""Called once per request, in order; must end with ``proto.finish_request(req)``."""
 
 
 class HttpProtocol(asyncio.Protocol):
@@ -486,8 +515,15 @@ class HttpProtocol(asyncio.Protocol):
         real_ip_value = None
         has_body = False
         expect_continue = False
+        kept: list[bytes] = []
+        hop = HOP_BY_HOP
         for name, value in headers:
             lname = name.lower()
+            if lname not in hop:
+                kept += (name, b": ", value, b"\r\n")
+                if lname == real_ip_name:
+                    real_ip_value = value.decode("latin-1")
+                continue
             if lname == b"host":
                 if host is not None:
                     raise ProtocolError(400, "duplicate Host header")
@@ -503,8 +539,12 @@ class HttpProtocol(asyncio.Protocol):
                 if value.lower() != b"100-continue":
                     raise ProtocolError(417, "unsupported expectation")
                 expect_continue = True
+            elif lname == b"x-forwarded-for":
+                xff = value if req.xff is None else req.xff + b", " + value
+                req.xff = xff
             if lname == real_ip_name:
                 real_ip_value = value.decode("latin-1")
+        req.forward_block = b"".join(kept)
         if host is None and req.version == "1.1":
             raise ProtocolError(400, "missing Host header")
         req.host_header = host
@@ -574,7 +614,7 @@ class HttpProtocol(asyncio.Protocol):
         """Run the handler for ``req``; it calls :meth:`finish_request` when done."""
         self._active = req
         self._state = _BUSY
-        self._loop.create_task(self._handler(self, req))
+        self._handler(self, req)
 
     def finish_request(self, req: HttpRequest) -> None:
         """The response to ``req`` is fully written: close, or move to the next request.

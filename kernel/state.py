@@ -57,6 +57,22 @@ class CompiledRoute:
     fail_status: int = 0
     """Non-zero: answer with this nginx page (missing service 404, plugin_config 503, ...)."""
     fail_reason: str = ""
+    direct: bool = False
+    """Eligible for the callback path (:mod:`kernel.direct`): only synchronous plugins, no
+    body filter or ``_meta.filter``, a fixed-address plain-HTTP upstream, no WebSocket."""
+
+
+def is_direct(chain: Chain, upstream: UpstreamRuntime | None, websocket: bool) -> bool:
+    """Whether a route can run on the callback path (decided once, at compile time)."""
+    if upstream is None or upstream.has_domain or upstream.picker is None:
+        return False
+    if upstream.ssl_context is not None or websocket:
+        return False
+    if chain.has_filters or chain.body_filter or chain.header_filter_async or chain.log_async:
+        return False
+    return not any(
+        step.is_async for step in chain.rewrite + chain.access + chain.before_proxy
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,16 +319,18 @@ def _compile_route(
     websocket = route.get("enable_websocket")
     if websocket is None and service is not None:
         websocket = service.get("enable_websocket")
+    full_chain = combine(global_chain, chain)
     return CompiledRoute(
         id=rid,
         conf=route,
         service=service,
-        chain=combine(global_chain, chain),
+        chain=full_chain,
         upstream=upstream,
         timeouts=Timeouts.from_conf(route.get("timeout")),
         enable_websocket=bool(websocket),
         fail_status=fail_status,
         fail_reason=fail_reason,
+        direct=not fail_status and is_direct(full_chain, upstream, bool(websocket)),
     )
 
 

@@ -12,6 +12,7 @@ import collections
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import httptools
 
@@ -32,6 +33,18 @@ class StaleConnection(UpstreamError):
 Sink = Callable[[bytes], None]
 
 
+class Listener(Protocol):
+    """Receives an exchange's events when it is driven by callbacks instead of futures."""
+
+    def on_head(self) -> None: ...
+
+    def on_complete(self) -> None: ...
+
+    def on_error(self, err: UpstreamError) -> None: ...
+
+    def flush(self) -> None: ...
+
+
 class UpstreamConnection(asyncio.Protocol):
     """A client connection to one upstream node."""
 
@@ -41,11 +54,13 @@ class UpstreamConnection(asyncio.Protocol):
         "_loop",
         "body_started",
         "closed",
+        "head_seen",
         "headers",
         "idle_since",
         "keep_alive",
         "key",
         "last_read",
+        "listener",
         "message_complete",
         "on_close",
         "parser",
@@ -74,6 +89,8 @@ class UpstreamConnection(asyncio.Protocol):
         self.skip_body = False
         self.sink: Sink | None = None
         self.pending: list[bytes] = []
+        self.listener: Listener | None = None
+        self.head_seen = False
         self.raw_target: Sink | None = None
         self.on_close: Callable[[], None] | None = None
         self._head: asyncio.Future[None] | None = None
@@ -96,6 +113,9 @@ class UpstreamConnection(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
+            listener = self.listener
+            if listener is not None and self.head_seen:
+                listener.flush()
         except httptools.HttpParserUpgrade:
             self._finish_head()
         except httptools.HttpParserError as err:
@@ -107,6 +127,22 @@ class UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        listener = self.listener
+        if listener is not None:
+            if not self.head_seen:
+                listener.on_error(
+                    StaleConnection(502, "upstream closed a reused connection")
+                    if self.requests > 1 and not self.headers
+                    else UpstreamError(502, "upstream prematurely closed connection", sent=True)
+                )
+            elif not self.message_complete:
+                if not self.keep_alive and self._close_delimited():
+                    self.message_complete = True
+                    listener.on_complete()
+                else:
+                    listener.on_error(
+                        UpstreamError(502, "upstream prematurely closed connection", sent=True)
+                    )
         if self._head is not None and not self._head.done():
             err: UpstreamError
             if self.requests > 1 and not self.headers:
@@ -159,6 +195,10 @@ class UpstreamConnection(asyncio.Protocol):
             self.on_message_complete()
 
     def _finish_head(self) -> None:
+        self.head_seen = True
+        if self.listener is not None:
+            self.listener.on_head()
+            return
         head = self._head
         if head is not None and not head.done():
             head.set_result(None)
@@ -174,12 +214,15 @@ class UpstreamConnection(asyncio.Protocol):
         if 100 <= self.status < 200 and self.status != 101 and not self._head_done():
             return
         self.message_complete = True
+        if self.listener is not None:
+            self.listener.on_complete()
+            return
         done = self._done
         if done is not None and not done.done():
             done.set_result(None)
 
     def _head_done(self) -> bool:
-        return self._head is not None and self._head.done()
+        return self.head_seen
 
     def _close_delimited(self) -> bool:
         for name, _ in self.headers:
@@ -188,28 +231,37 @@ class UpstreamConnection(asyncio.Protocol):
                 return False
         return self._head_done()
 
-    def fail_head(self, err: UpstreamError) -> None:
-        """Fail a request still waiting for its response head (read timeout)."""
+    def fail_read(self, err: UpstreamError) -> None:
+        """The read timed out: fail whoever waits for this exchange."""
+        if self.listener is not None:
+            self.listener.on_error(err)
+            return
         head = self._head
         if head is not None and not head.done():
             head.set_exception(err)
 
     def _fail(self, err: UpstreamError) -> None:
+        if self.listener is not None:
+            self.listener.on_error(err)
+            return
         for fut in (self._head, self._done):
             if fut is not None and not fut.done():
                 fut.set_exception(err)
 
     # --- used by the proxy ----------------------------------------------------------------
-    def begin(self, skip_body: bool) -> None:
-        """Prepare for one request/response exchange."""
+    def begin(self, skip_body: bool, listener: Listener | None = None) -> None:
+        """Prepare for one request/response exchange (events go to ``listener`` if given,
+        else to the ``head``/``done`` futures)."""
         self.requests += 1
         self.headers = []
         self.status = 0
         self.message_complete = False
+        self.head_seen = False
         self.skip_body = skip_body
         self.sink = None
         self.pending = []
-        self._head = self._loop.create_future()
+        self.listener = listener
+        self._head = None if listener is not None else self._loop.create_future()
         self._done = None
 
     @property
@@ -264,39 +316,46 @@ class PoolSettings:
     requests: int = 1000
 
 
-class HeadDeadlines:
-    """Read timeouts for response heads, checked by one ticker instead of a timer per request.
+class ReadDeadlines:
+    """Upstream read timeouts, checked by one ticker instead of a timer per request.
 
-    ``watch`` costs a dict store; every ``resolution`` seconds, while anything is watched, the
-    ticker fails the heads whose deadline has passed with a 504.
+    ``watch`` costs a dict store. Every ``resolution`` seconds, while anything is watched, the
+    ticker fails exchanges that have read nothing for longer than their timeout (504); a
+    connection paused because the client is slow is not timed out.
     """
 
     def __init__(self, resolution: float = 0.05) -> None:
         self._loop = asyncio.get_event_loop()
         self._resolution = resolution
-        self._deadlines: dict[UpstreamConnection, float] = {}
+        self._timeouts: dict[UpstreamConnection, float] = {}
         self._ticking = False
 
     def watch(self, conn: UpstreamConnection, timeout: float) -> None:
-        self._deadlines[conn] = self._loop.time() + timeout
+        conn.last_read = self._loop.time()
+        self._timeouts[conn] = timeout
         if not self._ticking:
             self._ticking = True
             self._loop.call_later(self._resolution, self._tick)
 
     def unwatch(self, conn: UpstreamConnection) -> None:
-        self._deadlines.pop(conn, None)
+        self._timeouts.pop(conn, None)
 
     def _tick(self) -> None:
-        deadlines = self._deadlines
-        if not deadlines:
+        timeouts = self._timeouts
+        if not timeouts:
             self._ticking = False
             return
         now = self._loop.time()
-        expired = [conn for conn, deadline in deadlines.items() if deadline <= now]
+        expired = []
+        for conn, timeout in timeouts.items():
+            if conn.read_paused:
+                conn.last_read = now
+            elif conn.last_read + timeout <= now:
+                expired.append(conn)
         for conn in expired:
-            del deadlines[conn]
-            conn.fail_head(UpstreamError(504, "upstream timed out while reading response header",
-                                         sent=True))
+            del timeouts[conn]
+            what = "reading the body" if conn.head_seen else "reading response header"
+            conn.fail_read(UpstreamError(504, f"upstream timed out while {what}", sent=True))
         self._loop.call_later(self._resolution, self._tick)
 
 
@@ -306,7 +365,7 @@ class ConnectionPool:
     def __init__(self) -> None:
         self._idle: dict[tuple[object, ...], collections.deque[UpstreamConnection]] = {}
         self._loop = asyncio.get_event_loop()
-        self.deadlines = HeadDeadlines()
+        self.deadlines = ReadDeadlines()
 
     def take(
         self, key: tuple[object, ...], settings: PoolSettings | None = None

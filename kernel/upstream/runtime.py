@@ -92,6 +92,12 @@ class UpstreamRuntime:
             ctx.set_alpn_protocols(["http/1.1"])
             self.ssl_context = ctx
 
+    def key_for(self, node: Node, sni: str | None = None) -> tuple[object, ...]:
+        """The keep-alive pool key of ``node`` (TLS connections are also keyed by SNI)."""
+        if self.ssl_context is None:
+            return (self.scheme, node.host, node.port, None)
+        return (self.scheme, node.host, node.port, sni)
+
     async def picker_for(self, resolver: Resolver) -> Picker | None:
         """The picker over the current addresses (domains resolved through ``resolver``)."""
         if not self.has_domain:
