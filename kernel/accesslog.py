@@ -22,7 +22,11 @@ _STOP = object()
 
 
 def compile_format(fmt: str) -> list[tuple[str, str | None]]:
-    """``'$remote_addr - [$time_local]'`` → ``[("", "remote_addr"), (" - [", "time_local"), ("]", None)]``."""
+    """Split an nginx ``log_format`` into ``(literal, variable name or None)`` pairs.
+
+    ``'$remote_addr - [$time_local]'`` → ``[("", "remote_addr"), (" - [", "time_local"),
+    ("]", None)]``.
+    """
     parts: list[tuple[str, str | None]] = []
     pos = 0
     for m in _VAR.finditer(fmt):

@@ -156,6 +156,7 @@ async def _serve(cfg: Config) -> int:
     log.warning("sixgate ready: %d routes (config %s)", len(state.routes), state.version)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
+    refreshing: set[asyncio.Task[None]] = set()
 
     def reload() -> None:
         log.warning("SIGHUP: reloading config.yaml plugins and the standalone file")
@@ -165,7 +166,9 @@ async def _serve(cfg: Config) -> int:
             log.error("reload refused: %s", err)
             return
         gateway.reload_plugins(new_cfg)
-        loop.create_task(gateway.store.refresh())
+        refreshing.add(loop.create_task(gateway.store.refresh()))
+        for task in [t for t in refreshing if t.done()]:
+            refreshing.discard(task)
 
     loop.add_signal_handler(signal.SIGTERM, stop.set)
     loop.add_signal_handler(signal.SIGINT, stop.set)
@@ -214,8 +217,8 @@ def _supervise(cfg: Config, workers: int) -> int:
             break
         except InterruptedError:
             continue
-        slot = children.pop(pid, None)
-        if slot is None or stopping:
+        slot = children.pop(pid, -1)
+        if slot < 0 or stopping:
             continue
         now = time.monotonic()
         failures = [t for t in failures if now - t < 10] + [now]
@@ -247,7 +250,7 @@ def cmd_stop(args: argparse.Namespace) -> int:
     result = _signal_running(args, signal.SIGTERM)
     if isinstance(result, int):
         return result
-    pid, pid_file = result
+    pid, _ = result
     deadline = time.monotonic() + args.timeout
     while time.monotonic() < deadline:
         if not _alive(pid):
@@ -286,8 +289,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
     registry, errors = load_registry(
         [str(p) for p in cfg.get("plugins") or []], dirs, cfg.get("plugin_attr") or {}, init=False
     )
-    for err in errors:
-        print(f"{cfg.path}: plugins: {err}", file=sys.stderr)
+    for message in errors:
+        print(f"{cfg.path}: plugins: {message}", file=sys.stderr)
     path = standalone_path(cfg)
     store = YamlFileStore(path, validate=lambda s: validate_snapshot(s, registry))
     problems = store.check()

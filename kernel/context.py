@@ -7,10 +7,9 @@ import os
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
-from plugin_sdk import Headers
-
 from kernel.chain import EMPTY_CHAIN
 from kernel.vars import Vars, parse_args, parse_cookies
+from plugin_sdk import Headers
 
 if TYPE_CHECKING:
     from kernel.server import HttpRequest
@@ -81,6 +80,10 @@ class RequestContext:
     a field gets an instance value only when a request actually uses it.
     """
 
+    request: HttpRequest
+    host: str
+    uri: str
+    var: Vars
     route: Mapping[str, Any] | None = None
     route_id: str | None = None
     service: Mapping[str, Any] | None = None

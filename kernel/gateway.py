@@ -187,6 +187,9 @@ class Gateway:
                 reg.destroy_all()
         return state
 
+    def _on_snapshot(self, snapshot: Snapshot) -> None:
+        self.apply(snapshot)
+
     @property
     def state(self) -> GatewayState:
         return self.holder.state
@@ -194,7 +197,7 @@ class Gateway:
     # --- lifecycle --------------------------------------------------------------------
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
         """Load the config, then listen on every ``node_listen`` address."""
-        await self.store.start(self.apply)
+        await self.store.start(self._on_snapshot)
         if sockets is None:
             sockets = [bind_socket(h, p) for h, p in config_mod.listen_addresses(self.cfg)]
         loop = asyncio.get_running_loop()

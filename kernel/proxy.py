@@ -11,8 +11,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from plugin_sdk import Headers, Response
-
 from kernel import pages
 from kernel.chain import (
     EMPTY_CHAIN,
@@ -22,14 +20,15 @@ from kernel.chain import (
     run_response_phase_async,
 )
 from kernel.context import RequestContext, ResponseState
-from kernel.server import HOP_BY_HOP
 from kernel.direct import DirectExchange
+from kernel.server import HOP_BY_HOP
 from kernel.upstream.connection import (
     ConnectionPool,
     StaleConnection,
     UpstreamConnection,
     UpstreamError,
 )
+from plugin_sdk import Headers, Response
 
 if TYPE_CHECKING:
     from kernel.accesslog import AccessLog
@@ -261,7 +260,9 @@ class Proxy:
             proto.resume_http(req.upgrade_data)
         proto.finish_request(req)
 
-    async def _unmatched(self, proto: HttpProtocol, ctx: RequestContext, state: GatewayState) -> None:
+    async def _unmatched(
+        self, proto: HttpProtocol, ctx: RequestContext, state: GatewayState
+    ) -> None:
         """No route: global rules' rewrite and access still run, then the JSON 404."""
         chain = state.global_chain
         if not chain.empty:
@@ -387,7 +388,9 @@ class Proxy:
         ``failed``: a node that already failed for this request on the direct path;
         ``picked``: a node the direct path picked but had no idle connection for.
         """
-        picker = await upstream.picker_for(self.resolver) if upstream.has_domain else upstream.picker
+        picker = (
+            await upstream.picker_for(self.resolver) if upstream.has_domain else upstream.picker
+        )
         if picker is None:
             log.error("no valid upstream node (route %s)", route.id)
             await self.send_generated(proto, ctx, 503, None, _HTML, chain)
@@ -501,10 +504,7 @@ class Proxy:
         if host is None:
             host = node.addr
         ctx.upstream_host_sent = host
-        if changes is None:
-            block = req.forward_block
-        else:
-            block = self._changed_headers(req, changes)
+        block = req.forward_block if changes is None else self._changed_headers(req, changes)
         client = req.client_ip.encode()
         xff = req.xff
         hh = req.host_header
@@ -588,7 +588,9 @@ class Proxy:
                 conn.close()
                 if attempt == 0 and (req.body_stream is None or req.body_buffered is not None):
                     continue
-                raise UpstreamError(502, "upstream closed a reused connection", sent=True)
+                raise UpstreamError(
+                    502, "upstream closed a reused connection", sent=True
+                ) from None
             except TimeoutError:
                 conn.close()
                 raise UpstreamError(504, "upstream timed out while reading response header",
@@ -769,14 +771,14 @@ class Proxy:
             proto.on_write_resumed = None
             conn.sink = None
         if body_filter:
-            view = ctx.response_view
-            assert view is not None
-            view.chunk, view.eof = b"", True
+            last = ctx.response_view
+            assert last is not None
+            last.chunk, last.eof = b"", True
             run_response_phase(body_filter, ctx)
-            if view.chunk and not no_body:
-                sent += len(view.chunk)
-                proto.write(b"%x\r\n%b\r\n" % (len(view.chunk), view.chunk) if chunked
-                            else view.chunk)
+            if last.chunk and not no_body:
+                sent += len(last.chunk)
+                proto.write(b"%x\r\n%b\r\n" % (len(last.chunk), last.chunk) if chunked
+                            else last.chunk)
         if chunked:
             proto.write(b"0\r\n\r\n")
         ctx.body_bytes_sent = sent

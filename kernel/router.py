@@ -70,21 +70,27 @@ class Match:
     (APISIX ``curr_req_matched._host``; prometheus ``matched_host``)."""
 
 
-_new = object.__new__
-_set_spec = Match.__dict__["spec"].__set__
-_set_params = Match.__dict__["params"].__set__
-_set_uri = Match.__dict__["matched_uri"].__set__
-_set_host = Match.__dict__["matched_host"].__set__
+class _MatchBuilder:
+    """Same slot layout as :class:`Match` but mutable: filled with plain (specialised) attribute
+    stores, then re-classed to ``Match``: much cheaper than the frozen-dataclass ``__init__`` or
+    slot-descriptor ``__set__`` calls, and the result is an ordinary ``Match``."""
+
+    __slots__ = ("spec", "params", "matched_uri", "matched_host")
+
+
+if _MatchBuilder.__slots__ != Match.__slots__:  # the __class__ swap needs the same layout
+    raise TypeError("_MatchBuilder must mirror Match's slots")
 
 
 def _new_match(spec: RouteSpec, params: dict[str, str] | None, uri: str, host: str) -> Match:
-    """``Match(...)`` without the frozen-dataclass ``__init__`` overhead (same object)."""
-    m: Match = _new(Match)
-    _set_spec(m, spec)
-    _set_params(m, params)
-    _set_uri(m, uri)
-    _set_host(m, host)
-    return m
+    """``Match(spec, params, uri, host)``, built faster (same object)."""
+    m: Any = _MatchBuilder()
+    m.spec = spec
+    m.params = params
+    m.matched_uri = uri
+    m.matched_host = host
+    m.__class__ = Match
+    return m  # type: ignore[no-any-return]
 
 
 T = TypeVar("T")
@@ -163,10 +169,12 @@ class _Entry:
         "hosts",
         "ipm",
         "key_len",
+        "label",
         "match",
         "methods",
         "mode",
         "names",
+        "nocond",
         "path_org",
         "plain",
         "priority",
@@ -211,13 +219,9 @@ class _Entry:
                 None if label is None else Match(spec, None, path_org, label)
                 for label in self.host_labels
             )
-        self.plain = (
-            self.mode == _PLAIN
-            and self.methods is None
-            and ipm is None
-            and host_conds is None
-            and self.vars is None
-        )
+        self.label = matched_host
+        self.nocond = self.methods is None and ipm is None and host_conds is None and self.vars is None
+        self.plain = self.nocond and self.mode == _PLAIN
 
     def _setup_pattern(self, key: str) -> None:
         path = self.path_org
@@ -372,17 +376,62 @@ class _HostFiltered:
         return tuple(cands[p] for p in sorted(set(self.always).union(*extra)))
 
 
-def _candidates(entries: list[_Entry]) -> tuple[_Entry, ...] | _HostFiltered:
-    ordered = _sorted(entries)
+_Cands = Match | _Entry | tuple[_Entry, ...] | _HostFiltered
+"""What one exact path / prefix key resolves to: a ``Match`` when its first candidate is a plain
+route without conditions (it always wins), an ``_Entry`` when that first candidate is an
+unconditional ``/literal/*name`` (it always wins, with a capture), else the ordered candidates
+(:func:`_try`), possibly behind a host filter."""
+
+
+def _candidates(entries: list[_Entry]) -> _Cands | None:
+    ordered = tuple(e for e in _sorted(entries) if e.mode != _NEVER)
+    if not ordered:
+        return None
+    first = ordered[0]
+    if first.nocond:
+        if first.mode == _PLAIN:
+            return first.match
+        if first.mode == _TAIL:
+            return first
     if sum(e.hosts is not None for e in ordered) >= _HostFiltered.THRESHOLD:
         return _HostFiltered(ordered)
     return ordered
 
 
-class _UriTree:
-    """Exact map + prefix index over the URI patterns of a set of routes."""
+def _resolve(
+    cands: _Cands,
+    path: str,
+    method: str,
+    host: str | None,
+    raw_host: str | None,
+    remote_addr: str,
+    var: Any,
+) -> Match | None:
+    if isinstance(cands, Match):
+        return cands
+    if isinstance(cands, _Entry):
+        return _new_match(cands.spec, {cands.names[0]: path[cands.key_len :]}, cands.path_org,
+                          cands.label)  # fmt: skip
+    if isinstance(cands, _HostFiltered):
+        cands = cands.select(host)
+    return _try(cands, path, method, host, raw_host, remote_addr, var)
 
-    __slots__ = ("exact", "prefix")
+
+# a prefix tree with at most this many distinct key lengths (besides "/" and "") is searched by
+# probing each length; a larger one by the separator-driven _PrefixIndex
+_MAX_PROBE_LENS = 4
+
+
+class _UriTree:
+    """Exact map + prefix keys over the URI patterns of a set of routes.
+
+    Prefix keys that prefix the path are visited longest first: the catch-all keys ``"/"``
+    (``/*``) and ``""`` are kept aside and checked last without any slicing; the others are
+    found by one dict probe per distinct key length (few lengths) or through a
+    :class:`_PrefixIndex` (one probe per ``/`` of the path).
+    """
+
+    __slots__ = ("empty", "exact", "index", "lens", "pmap", "root")
 
     def __init__(self, entries: list[tuple[_Entry, str | None]]) -> None:
         exact: dict[str, list[_Entry]] = {}
@@ -392,11 +441,81 @@ class _UriTree:
                 exact.setdefault(entry.path_org, []).append(entry)
             else:
                 prefix.setdefault(key, []).append(entry)
-        self.exact = {p: _candidates(es) for p, es in exact.items()}
-        self.prefix = _PrefixIndex({k: _candidates(es) for k, es in prefix.items()}, "/")
+        self.exact: dict[str, _Cands] = {}
+        for p, es in exact.items():
+            cands = _candidates(es)
+            if cands is not None:
+                self.exact[p] = cands
+        pmap: dict[str, _Cands] = {}
+        for k, es in prefix.items():
+            cands = _candidates(es)
+            if cands is not None:
+                pmap[k] = cands
+        self.root = pmap.pop("/", None)
+        self.empty = pmap.pop("", None)
+        lens = tuple(sorted({len(k) for k in pmap}, reverse=True))
+        self.pmap = pmap
+        self.lens: tuple[int, ...] | None = None
+        self.index: _PrefixIndex[_Cands] | None = None
+        if len(lens) <= _MAX_PROBE_LENS:
+            if lens:
+                self.lens = lens
+        else:
+            self.index = _PrefixIndex(pmap, "/")
 
     def match(
         self,
+        uri: str,
+        method: str,
+        host: str | None,
+        raw_host: str | None,
+        remote_addr: str,
+        var: Any,
+    ) -> Match | None:
+        """Like :meth:`Router.match` within this tree (``host`` already lower-cased if any
+        route of the tree has a host condition)."""
+        cands = self.exact.get(uri)
+        if cands is not None:
+            if isinstance(cands, Match):
+                return cands
+            found = _resolve(cands, uri, method, host, raw_host, remote_addr, var)
+            if found is not None:
+                return found
+        lens = self.lens
+        if lens is not None:
+            pmap = self.pmap
+            for n in lens:
+                # a key of length n cannot equal uri[:n] when the uri is shorter: no length check
+                cands = pmap.get(uri[:n])
+                if cands is not None:
+                    found = _resolve(cands, uri, method, host, raw_host, remote_addr, var)
+                    if found is not None:
+                        return found
+        elif self.index is not None:
+            found = self._walk(self.index, uri, method, host, raw_host, remote_addr, var)
+            if found is not None:
+                return found
+        cands = self.root
+        if cands is not None and uri[:1] == "/":
+            if isinstance(cands, _Entry):  # bare "/*" (or "/*name") without conditions
+                m: Any = _MatchBuilder()
+                m.spec = cands.spec
+                m.params = {cands.names[0]: uri[1:]}
+                m.matched_uri = cands.path_org
+                m.matched_host = cands.label
+                m.__class__ = Match
+                return m  # type: ignore[no-any-return]
+            found = _resolve(cands, uri, method, host, raw_host, remote_addr, var)
+            if found is not None:
+                return found
+        cands = self.empty
+        if cands is not None:
+            return _resolve(cands, uri, method, host, raw_host, remote_addr, var)
+        return None
+
+    @staticmethod
+    def _walk(
+        index: _PrefixIndex[_Cands],
         path: str,
         method: str,
         host: str | None,
@@ -404,20 +523,9 @@ class _UriTree:
         remote_addr: str,
         var: Any,
     ) -> Match | None:
-        cands = self.exact.get(path)
-        if cands is not None:
-            if isinstance(cands, _HostFiltered):
-                cands = cands.select(host)
-            found = _try(cands, path, method, host, raw_host, remote_addr, var)
-            if found is not None:
-                return found
-        index = self.prefix
-        max_blen = index.max_blen
-        if max_blen < 0:
-            return None
         bases = index.bases
         blens = index.blens
-        i = path.rfind("/", 0, max_blen)
+        i = path.rfind("/", 0, index.max_blen)
         seg_end = path.find("/", i + 1)
         if seg_end < 0:
             seg_end = len(path)
@@ -432,9 +540,8 @@ class _UriTree:
                         if n <= room:
                             cands = tails.get(path[start : start + n])
                             if cands is not None:
-                                if isinstance(cands, _HostFiltered):
-                                    cands = cands.select(host)
-                                found = _try(cands, path, method, host, raw_host, remote_addr, var)
+                                found = _resolve(cands, path, method, host, raw_host,
+                                                 remote_addr, var)  # fmt: skip
                                 if found is not None:
                                     return found
             if i < 0:
@@ -482,7 +589,7 @@ class Router:
     ``:param`` segments).
     """
 
-    __slots__ = ("_count", "_host_exact", "_host_mode", "_host_wild", "_tree", "kind")
+    __slots__ = ("_count", "_host_exact", "_host_mode", "_host_wild", "_hosts", "_tree", "kind")
 
     def __init__(self, routes: Iterable[RouteSpec], kind: str = "radixtree_host_uri") -> None:
         if kind not in KINDS:
@@ -503,6 +610,8 @@ class Router:
                     key = _uri_key(path, with_param)
                     regs.append((_Entry(spec, path, key, ipm, conds, ""), key))
             self._tree = _UriTree(regs)
+            # whether the request host matters at all (else it is not even lower-cased)
+            self._hosts = any(spec.hosts for spec in specs)
             return
 
         no_host: list[tuple[_Entry, str | None]] = []
@@ -532,6 +641,7 @@ class Router:
                 {k: tuple(sorted(v, key=lambda lt: -len(lt[0].encode()))) for k, v in wild.items()},
                 ".",
             )
+        self._hosts = bool(self._host_exact) or self._host_wild is not None
 
     def __len__(self) -> int:
         return self._count
@@ -551,7 +661,7 @@ class Router:
         ``raw_host``: the Host header as sent (for ``host:port`` route hosts under
         ``radixtree_uri*``); ``var``: what ``vars`` expressions read.
         """
-        if host is not None:
+        if host is not None and self._hosts:
             host = host.lower()
             if self._host_mode:
                 tree = self._host_exact.get(host)

@@ -14,14 +14,12 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import httptools
 
-from plugin_sdk import Headers
-
 from kernel import pages
 from kernel.uri import BadURI, normalize_path, split_target
+from plugin_sdk import Headers
 
 log = logging.getLogger("sixgate.server")
 
@@ -208,6 +206,14 @@ class HttpRequest:
     than copied per request; optional fields are class-level defaults.
     """
 
+    method: str
+    raw_uri: str
+    path: str
+    query_string: str
+    version: str
+    keep_alive: bool
+    raw_headers: list[tuple[bytes, bytes]]
+    bytes_received: int
     _headers: Headers | None = None
     _body_cache: bytes | None = None
     body_stream: Body | None = None

@@ -15,15 +15,14 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from plugin_sdk import ExprError, compile_expr
-
 from kernel import schemas
 from kernel.chain import EMPTY_CHAIN, Chain, compile_chain, merge_plugins
 from kernel.plugins.manager import PluginRegistry, check_conf
-from kernel.router import RouteSpec, Router
+from kernel.router import Router, RouteSpec
 from kernel.store.base import COLLECTIONS, Problem, Snapshot, item_key
 from kernel.upstream.connection import PoolSettings
 from kernel.upstream.runtime import Timeouts, UpstreamRuntime
+from plugin_sdk import ExprError, compile_expr
 
 log = logging.getLogger("sixgate.state")
 
@@ -247,8 +246,8 @@ def build_state(
                 payload=compiled,
             )
         )
-    for err in errors:
-        log.error("%s", err)
+    for message in errors:
+        log.error("%s", message)
     return GatewayState(
         generation=generation,
         version=snapshot.version,

@@ -16,7 +16,7 @@ def split_target(target: str) -> tuple[str, str]:
         if scheme_end > 0:
             path_start = target.find("/", scheme_end + 3)
             target = "/" if path_start < 0 else target[path_start:]
-    path, sep, query = target.partition("?")
+    path, _, query = target.partition("?")
     return path, query
 
 

@@ -309,7 +309,10 @@ class UpstreamConnection(asyncio.Protocol):
 
 @dataclass(frozen=True, slots=True)
 class PoolSettings:
-    """Keep-alive settings of one upstream (``keepalive_pool`` or ``nginx_config.http.upstream``)."""
+    """Keep-alive settings of one upstream.
+
+    From its ``keepalive_pool``, else ``nginx_config.http.upstream``.
+    """
 
     size: int = 320
     idle_timeout: float = 60.0
