@@ -100,6 +100,7 @@ class RequestContext:
     upstream_header_time: float | None = None
     upstream_scheme: str | None = None
     upstream_host_sent: str | None = None
+    upstream_uri_sent: str | None = None
     status = 0
     bytes_sent = 0
     body_bytes_sent = 0

@@ -504,6 +504,7 @@ class Proxy:
         if host is None:
             host = node.addr
         ctx.upstream_host_sent = host
+        ctx.upstream_uri_sent = target
         block = req.forward_block if changes is None else self._changed_headers(req, changes)
         client = req.client_ip.encode()
         xff = req.xff

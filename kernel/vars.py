@@ -74,8 +74,13 @@ def _upstream_host(c: RequestContext) -> Any:
 
 
 def _upstream_uri(c: RequestContext) -> Any:
+    """The request-target sent upstream (as APISIX's ``proxy_pass ...$upstream_uri``); before
+    proxying, the target a plugin set, else unset."""
+    sent = c.upstream_uri_sent
+    if sent is not None:
+        return sent
     u = c.upstream_state
-    return u.uri if u is not None and u.uri is not None else ""
+    return u.uri if u is not None else None
 
 
 _GETTERS: dict[str, Getter] = {
