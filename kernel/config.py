@@ -32,6 +32,7 @@ from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 
 from kernel.envsubst import EnvSubstError, substitute_env
+from kernel.schemas.messages import lua_type
 
 log = logging.getLogger(__name__)
 
@@ -167,22 +168,10 @@ def parse_flag(value: bool | str) -> bool:
 # Deep merge
 
 
-def _lua_type(value: Any) -> str:
-    if isinstance(value, bool):
-        return "boolean"
-    if isinstance(value, int | float):
-        return "number"
-    if isinstance(value, str):
-        return "string"
-    if isinstance(value, dict | list):
-        return "table"
-    return type(value).__name__
-
-
 def _multi_type(path: str, value: Any) -> bool:
-    if path.startswith("nginx_config->") and _lua_type(value) in ("number", "string", "boolean"):
+    if path.startswith("nginx_config->") and lua_type(value) in ("number", "string", "boolean"):
         return True  # APISIX allows number/string; sixgate also booleans (nginx on/off)
-    if path == "apisix->node_listen" and _lua_type(value) == "number":
+    if path == "apisix->node_listen" and lua_type(value) == "number":
         return True
     return path == "apisix->data_encryption->keyring"
 
@@ -203,14 +192,14 @@ def _merge_into(base: dict[Any, Any], override: Mapping[Any, Any], ppath: str) -
                 _merge_into(base[key], val, path)
             else:
                 raise ConfigError(
-                    f"failed to merge, path[{path}] expect: {_lua_type(current)}, but got: table"
+                    f"failed to merge, path[{path}] expect: {lua_type(current)}, but got: table"
                 )
-        elif current is None or _lua_type(current) == _lua_type(val) or _multi_type(path, val):
+        elif current is None or lua_type(current) == lua_type(val) or _multi_type(path, val):
             base[key] = val
         else:
             raise ConfigError(
-                f"failed to merge, path[{path}] expect: {_lua_type(current)}, "
-                f"but got: {_lua_type(val)}"
+                f"failed to merge, path[{path}] expect: {lua_type(current)}, "
+                f"but got: {lua_type(val)}"
             )
 
 

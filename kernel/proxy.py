@@ -355,21 +355,14 @@ class Proxy:
             if name.lower() == "content-length":
                 continue
             head.append(f"{name}: {value}\r\n".encode("latin-1"))
-        no_body = req.method == "HEAD" or status in (204, 304) or status < 200
         if status not in (204, 304) and status >= 200:
             head.append(b"Content-Length: " + str(len(body)).encode() + b"\r\n")
-        keep = req.keep_alive and (req.body_stream is None or req.body_stream.complete)
-        if not keep:
-            req.keep_alive = False
-            head.append(b"Connection: close\r\n")
-        elif req.version == "1.0":
-            head.append(b"Connection: keep-alive\r\n")
-        head.append(b"\r\n")
-        data = b"".join(head)
-        ctx.status = status
-        ctx.bytes_sent = len(data) + (0 if no_body else len(body))
-        ctx.body_bytes_sent = 0 if no_body else len(body)
-        proto.write(data if no_body else data + body)
+        data, _, no_body = self._close_head(head, req, ctx, status, True)
+        if not no_body:
+            ctx.bytes_sent += len(body)
+            ctx.body_bytes_sent = len(body)
+            data += body
+        proto.write(data)
 
     # --- proxying ---------------------------------------------------------------------
     async def _forward(

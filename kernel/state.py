@@ -295,21 +295,19 @@ def _compile_route(
         errors.extend(f"route {rid}: {e}" for e in errs)
         return None
     upstream: UpstreamRuntime | None = None
-    if route.get("upstream_id") is not None:
-        upstream = upstreams.get(str(route["upstream_id"]))
+    by_id = route.get("upstream_id")
+    if by_id is None and route.get("upstream") is None and service is not None:
+        by_id = service.get("upstream_id")
+    if by_id is not None:
+        upstream = upstreams.get(str(by_id))
         if upstream is None:
             fail_status = fail_status or 502
-            fail_reason = fail_reason or f"upstream {route['upstream_id']} not found"
+            fail_reason = fail_reason or f"upstream {by_id} not found"
     elif route.get("upstream") is not None:
         upstream = UpstreamRuntime(schemas.with_defaults("upstream", route["upstream"]), pool)
     elif service is not None:
         sid = str(service.get("id"))
-        if service.get("upstream_id") is not None:
-            upstream = upstreams.get(str(service["upstream_id"]))
-            if upstream is None:
-                fail_status = fail_status or 502
-                fail_reason = fail_reason or f"upstream {service['upstream_id']} not found"
-        elif service.get("upstream") is not None:
+        if service.get("upstream") is not None:
             upstream = service_upstreams.get(sid)
             if upstream is None:
                 upstream = service_upstreams[sid] = UpstreamRuntime(
