@@ -18,7 +18,6 @@ from kernel.config import Config, ConfigError, load_config
 
 log = logging.getLogger("sixgate")
 
-SUPPORTED = {("data_plane", "yaml")}
 
 
 def _fail(message: str, code: int = 1) -> int:
@@ -31,15 +30,9 @@ def _load(path: str | None) -> Config:
 
 
 def _check_mode(cfg: Config) -> str | None:
-    role = str(cfg.get("deployment.role") or "traditional")
-    provider = cfg.get(f"deployment.role_{role}.config_provider")
-    if (role, provider) not in SUPPORTED:
-        return (
-            f"deployment.role {role} with config_provider {provider} is not available yet; "
-            "this release runs role data_plane with config_provider yaml "
-            "(see conf/config-default.yaml)"
-        )
-    return None
+    from kernel.store.factory import mode_problem
+
+    return mode_problem(cfg)
 
 
 def _pid_file(cfg: Config) -> Path:
@@ -89,7 +82,19 @@ def cmd_start(args: argparse.Namespace) -> int:
     running = _read_pid(pid_file)
     if running is not None and running != os.getpid():
         return _fail(f"already running (pid {running}, pid file {pid_file})")
-    addresses = config_mod.listen_addresses(cfg)
+    from kernel.store.factory import admin_enabled, mode
+
+    if admin_enabled(cfg):
+        from kernel.admin_key import check_admin_keys
+
+        try:
+            cfg = check_admin_keys(cfg).config
+        except ConfigError as err:
+            return _fail(str(err))
+    addresses = config_mod.listen_addresses(cfg) if mode(cfg)[0] != "control_plane" else []
+    if admin_enabled(cfg):
+        listen = cfg.get("deployment.admin.admin_listen") or {}
+        addresses = [*addresses, (str(listen.get("ip", "0.0.0.0")), int(listen.get("port", 9180)))]
     try:
         _probe_ports(addresses)
     except OSError as err:
@@ -136,16 +141,16 @@ def _install_loop() -> str:
     return "uvloop"
 
 
-def _run_worker(cfg: Config) -> int:
+def _run_worker(cfg: Config, slot: int = 0, supervised: bool = False) -> int:
     loop_name = _install_loop()
-    log.info("worker %d starting (%s)", os.getpid(), loop_name)
-    return asyncio.run(_serve(cfg))
+    log.info("worker %d (slot %d) starting (%s)", os.getpid(), slot, loop_name)
+    return asyncio.run(_serve(cfg, slot, supervised))
 
 
-async def _serve(cfg: Config) -> int:
+async def _serve(cfg: Config, slot: int = 0, supervised: bool = False) -> int:
     from kernel.gateway import Gateway
 
-    gateway = Gateway(cfg)
+    gateway = Gateway(cfg, slot=slot, supervised=supervised)
     try:
         await gateway.start()
     except OSError as err:
@@ -192,7 +197,7 @@ def _supervise(cfg: Config, workers: int) -> int:
                 signal.signal(sig, signal.SIG_DFL)
             code = 1
             try:
-                code = _run_worker(cfg)
+                code = _run_worker(cfg, slot, supervised=True)
             finally:
                 os._exit(code)
         children[pid] = slot

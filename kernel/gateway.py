@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import socket
 import time
 from pathlib import Path
@@ -23,7 +24,8 @@ from kernel.proxy import Proxy
 from kernel.server import HttpProtocol, RealIP, ServerLimits
 from kernel.state import GatewayState, StateHolder, build_state, empty_state, validate_snapshot
 from kernel.store.base import ConfigStore, Problem, Snapshot
-from kernel.store.yaml_file import YamlFileStore
+from kernel.store.factory import make_stores, mode
+from kernel.store.resources import ResourceStore
 from kernel.upstream.connection import PoolSettings
 from kernel.upstream.resolver import Resolver
 
@@ -76,13 +78,18 @@ def bind_socket(host: str, port: int, reuse_port: bool = True) -> socket.socket:
 class Gateway:
     """The data plane of one worker process."""
 
-    def __init__(self, cfg: Config, *, store: ConfigStore | None = None) -> None:
+    def __init__(self, cfg: Config, *, slot: int = 0, supervised: bool = False) -> None:
         self.cfg = cfg
+        self.slot = slot
+        self.supervised = supervised
         self._registries: dict[tuple[str, ...] | None, PluginRegistry] = {}
         self.registry = self._load_registry(None)
         self.holder = StateHolder(empty_state(self.registry))
         self.last_error: str | None = None
-        self.store = store or self._default_store()
+        stores = make_stores(cfg, self.validate)
+        self.store: ConfigStore = stores.config
+        self.resources: ResourceStore | None = stores.resources
+        self.admin_runner: Any = None
         self.access_log = self._access_log()
         self.proxy = Proxy(
             get_state=lambda: self.holder.state,
@@ -118,13 +125,6 @@ class Gateway:
             log.error("plugin: %s", err)
         self._registries[override] = registry
         return registry
-
-    def _default_store(self) -> ConfigStore:
-        name = self.cfg.get("apisix.standalone_file") or "apisix.yaml"
-        return YamlFileStore(
-            self.cfg.resolve(name), validate=self.validate, env=os.environ,
-            logger=logging.getLogger("sixgate.config"),
-        )
 
     def _access_log(self) -> AccessLog | None:
         http = self.cfg.get("nginx_config.http", {}) or {}
@@ -196,8 +196,13 @@ class Gateway:
 
     # --- lifecycle --------------------------------------------------------------------
     async def start(self, sockets: list[socket.socket] | None = None) -> None:
-        """Load the config, then listen on every ``node_listen`` address."""
+        """Load the config, listen on every ``node_listen`` address (not on a control plane),
+        and serve the Admin API (worker 0 of a traditional or control-plane node)."""
         await self.store.start(self._on_snapshot)
+        if self.resources is not None and self.slot == 0:
+            await self._start_admin()
+        if mode(self.cfg)[0] == "control_plane":
+            return
         if sockets is None:
             sockets = [bind_socket(h, p) for h, p in config_mod.listen_addresses(self.cfg)]
         loop = asyncio.get_running_loop()
@@ -206,6 +211,45 @@ class Gateway:
             self.servers.append(server)
             addr = sock.getsockname()
             log.info("listening on %s:%s", addr[0], addr[1])
+
+    async def _start_admin(self) -> None:
+        from aiohttp import web
+
+        from kernel.admin import AdminContext, create_admin_app
+
+        assert self.resources is not None
+        app = create_admin_app(
+            AdminContext(
+                store=self.resources,
+                registry=lambda: self.registry,
+                reload_plugins=self.reload_from_disk,
+                config=self.cfg,
+            )
+        )
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        listen = self.cfg.get("deployment.admin.admin_listen") or {}
+        host, port = str(listen.get("ip", "0.0.0.0")), int(listen.get("port", 9180))
+        site = web.TCPSite(runner, host, port, reuse_address=True)
+        await site.start()
+        self.admin_runner = runner
+        log.info("Admin API listening on %s:%s", host, port)
+
+    async def reload_from_disk(self) -> None:
+        """Re-read config.yaml's plugin list and ``plugin_attr`` and apply them (every worker).
+
+        In a supervised multi-worker node the supervisor forwards the request to all workers.
+        """
+        if self.supervised:
+            os.kill(os.getppid(), signal.SIGHUP)
+            return
+        try:
+            cfg = config_mod.load_config(self.cfg.path)
+        except config_mod.ConfigError as err:
+            log.error("plugin reload refused: %s", err)
+            return
+        self.reload_plugins(cfg)
+        await self.store.refresh()
 
     def _protocol(self) -> HttpProtocol:
         return HttpProtocol(self.proxy.dispatch, self.limits, self.real_ip, self.connections)
@@ -222,6 +266,8 @@ class Gateway:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close()
+        if self.admin_runner is not None:
+            await self.admin_runner.cleanup()
         await self.store.stop()
         self.proxy.pool.close()
         if self.access_log is not None:
@@ -237,4 +283,5 @@ def problems_text(problems: list[Problem]) -> str:
 
 
 def standalone_path(cfg: Config) -> Path:
+    """The standalone file a yaml-provider node reads."""
     return cfg.resolve(cfg.get("apisix.standalone_file") or "apisix.yaml")
