@@ -4,11 +4,18 @@ Everything is built once in :class:`Router` (a new router per config generation)
 does dict probes and the per-route condition checks.
 
 Per URI tree: exact paths live in a dict; prefix keys (the pattern up to its first ``*``, or
-up to its first ``:`` with the parameter router) live in a :class:`_PrefixIndex`, which finds
-every key that is a prefix of the path, longest first, with at most one probe per ``/``.
-Candidates under one key are ordered by priority (desc), then original pattern length (desc),
-then load order. The first candidate whose conditions pass (method, remote_addr, host, vars,
-in that order) and whose pattern check passes wins.
+up to its first ``:`` with the parameter router) are visited longest first among those that
+prefix the path (see :class:`_UriTree`: one dict probe per ``/`` of the path or per distinct
+key length, the catch-all ``/*`` last without any slicing). Candidates under one key are
+ordered by priority (desc), then original pattern length (desc), then load order. The first
+candidate whose conditions pass (method, remote_addr, host, vars, in that order) and whose
+pattern check passes wins.
+
+Hot path (``match`` runs for every proxied request): ``Router.match`` *is* the top tree's
+matcher (no wrapper call); a key whose first candidate has no conditions resolves without
+walking its candidates (a shared ``Match`` for plain patterns; for ``/literal/*name`` only the
+capture dict and the ``Match`` are built, through :class:`_MatchBuilder`); a router holding
+just an unconditional ``/*`` gets a dedicated matcher.
 
 Pattern check for prefix routes: like radixtree's ``compare_param``, a pattern with ``:name``
 or ``*name`` segments is turned into a regex (``:x`` = ``([^/]+)``, ``*x`` = ``((.|\\n)*)``, a
@@ -27,7 +34,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from plugin_sdk.expr import IpMatcher, pcre_to_python
 
@@ -75,10 +82,10 @@ class _MatchBuilder:
     stores, then re-classed to ``Match``: much cheaper than the frozen-dataclass ``__init__`` or
     slot-descriptor ``__set__`` calls, and the result is an ordinary ``Match``."""
 
-    __slots__ = ("spec", "params", "matched_uri", "matched_host")
+    __slots__ = ("matched_host", "matched_uri", "params", "spec")
 
 
-if _MatchBuilder.__slots__ != Match.__slots__:  # the __class__ swap needs the same layout
+if sorted(_MatchBuilder.__slots__) != sorted(Match.__slots__):  # __class__ swap: same layout
     raise TypeError("_MatchBuilder must mirror Match's slots")
 
 
@@ -90,7 +97,7 @@ def _new_match(spec: RouteSpec, params: dict[str, str] | None, uri: str, host: s
     m.matched_uri = uri
     m.matched_host = host
     m.__class__ = Match
-    return m  # type: ignore[no-any-return]
+    return m
 
 
 T = TypeVar("T")
@@ -180,6 +187,7 @@ class _Entry:
         "priority",
         "regex",
         "spec",
+        "tail_name",
         "vars",
     )
 
@@ -204,6 +212,7 @@ class _Entry:
         self.names: tuple[str, ...] = ()
         self.regex: re.Pattern[str] | None = None
         self.mode = _PLAIN
+        self.tail_name = ""  # the capture name in _TAIL mode
         if key is not None:
             self._setup_pattern(key)
         self.match = Match(spec, None, path_org, matched_host)
@@ -220,7 +229,9 @@ class _Entry:
                 for label in self.host_labels
             )
         self.label = matched_host
-        self.nocond = self.methods is None and ipm is None and host_conds is None and self.vars is None
+        self.nocond = (
+            self.methods is None and ipm is None and host_conds is None and self.vars is None
+        )
         self.plain = self.nocond and self.mode == _PLAIN
 
     def _setup_pattern(self, key: str) -> None:
@@ -252,6 +263,7 @@ class _Entry:
             and not _REGEX_META.intersection(literal)
         ):
             self.mode = _TAIL
+            self.tail_name = names[0]
             return
         source = r"\/".join(parts) + (r"\/" if path.endswith("/") else "")
         try:
@@ -263,18 +275,6 @@ class _Entry:
 
 def _sorted(entries: list[_Entry]) -> tuple[_Entry, ...]:
     return tuple(sorted(entries, key=lambda e: (-e.priority, -e.blen)))
-
-
-def _match_hosts(
-    conds: tuple[tuple[bool, str, bool], ...], host: str | None, raw_host: str | None
-) -> int:
-    if host is None:
-        return -1
-    for i, (wild, h, colon) in enumerate(conds):
-        target = raw_host if colon and raw_host else host
-        if target.endswith(h) if wild else target == h:
-            return i
-    return -1
 
 
 def _try(
@@ -297,9 +297,15 @@ def _try(
             continue
         hidx = -1
         conds = e.hosts
-        if conds is not None:
-            hidx = _match_hosts(conds, host, raw_host)
-            if hidx < 0:
+        if conds is not None:  # index of the first route host matching the request
+            if host is None:
+                continue
+            for j, (wild, h, colon) in enumerate(conds):
+                target = raw_host if colon and raw_host else host
+                if target.endswith(h) if wild else target == h:
+                    hidx = j
+                    break
+            else:
                 continue
         pred = e.vars
         if pred is not None and not pred(var):
@@ -314,7 +320,7 @@ def _try(
             return found
         label = e.match.matched_host if hidx < 0 else (e.host_labels[hidx] or host or "")
         if mode == _TAIL:
-            return _new_match(e.spec, {e.names[0]: path[e.key_len :]}, e.path_org, label)
+            return _new_match(e.spec, {e.tail_name: path[e.key_len :]}, e.path_org, label)
         if mode == _REGEX:
             assert e.regex is not None
             m = e.regex.match(path)
@@ -338,9 +344,12 @@ class _HostFiltered:
     checking them one by one; the survivors keep their order, so the result is the same.
     """
 
-    __slots__ = ("always", "cands", "exact", "wild")
+    __slots__ = ("always", "cands", "exact", "merged", "no_host", "wild")
 
     THRESHOLD = 8
+    MAX_MERGED_ALWAYS = 32
+    """Precompute each exact host's candidate tuple when at most this many candidates apply to
+    every host (memory: hosts x that many)."""
 
     def __init__(self, cands: tuple[_Entry, ...]) -> None:
         self.cands = cands
@@ -360,20 +369,29 @@ class _HostFiltered:
         self.always = tuple(always)
         self.exact = {h: tuple(v) for h, v in exact.items()}
         self.wild = _PrefixIndex({k: tuple(v) for k, v in wild.items()}, ".") if wild else None
+        self.no_host = tuple(cands[p] for p in always)
+        self.merged: dict[str, tuple[_Entry, ...]] | None = None
+        if len(always) <= self.MAX_MERGED_ALWAYS:
+            self.merged = {h: self._pick(v) for h, v in self.exact.items()}
+
+    def _pick(self, *extra: tuple[int, ...]) -> tuple[_Entry, ...]:
+        cands = self.cands
+        return tuple(cands[p] for p in sorted(set(self.always).union(*extra)))
 
     def select(self, host: str | None) -> tuple[_Entry, ...]:
-        cands = self.cands
         if host is None:
-            return tuple(cands[p] for p in self.always)
-        extra: list[tuple[int, ...]] = []
+            return self.no_host
+        wild = self.wild.lookup(host[::-1]) if self.wild is not None else None
+        if not wild:
+            merged = self.merged
+            if merged is not None:
+                return merged.get(host, self.no_host)
+            hit = self.exact.get(host)
+            return self.no_host if hit is None else self._pick(hit)
         hit = self.exact.get(host)
         if hit is not None:
-            extra.append(hit)
-        if self.wild is not None:
-            extra.extend(self.wild.lookup(host[::-1]))
-        if not extra:
-            return tuple(cands[p] for p in self.always)
-        return tuple(cands[p] for p in sorted(set(self.always).union(*extra)))
+            wild.append(hit)
+        return self._pick(*wild)
 
 
 _Cands = Match | _Entry | tuple[_Entry, ...] | _HostFiltered
@@ -410,30 +428,83 @@ def _resolve(
     if isinstance(cands, Match):
         return cands
     if isinstance(cands, _Entry):
-        return _new_match(cands.spec, {cands.names[0]: path[cands.key_len :]}, cands.path_org,
-                          cands.label)  # fmt: skip
+        return _tail_match(cands, path)
     if isinstance(cands, _HostFiltered):
         cands = cands.select(host)
     return _try(cands, path, method, host, raw_host, remote_addr, var)
 
 
-# a prefix tree with at most this many distinct key lengths (besides "/" and "") is searched by
-# probing each length; a larger one by the separator-driven _PrefixIndex
-_MAX_PROBE_LENS = 4
+def _tail_match(e: _Entry, path: str) -> Match:
+    """The match of an unconditional ``/literal/*name`` entry (see the inlined copies)."""
+    m: Any = _MatchBuilder()
+    m.spec = e.spec
+    m.params = {e.tail_name: path[e.key_len :]}
+    m.matched_uri = e.path_org
+    m.matched_host = e.label
+    m.__class__ = Match
+    return m
+
+
+# how a _UriTree finds the prefix keys (besides "/" and "") that prefix a path
+_WALK_NONE = 0  # no such keys
+_WALK_SLASH = 1  # all keys end in "/": one probe per "/" of the path at a key length
+_WALK_LENS = 2  # few distinct key lengths: one probe per length
+_WALK_INDEX = 3  # _PrefixIndex
+# keys not all ending in "/": up to this many distinct lengths are probed one by one (measured:
+# cheaper than the index walk, whose str.rfind calls cost more than a probe, even at 8 lengths)
+_MAX_PROBE_LENS = 8
+
+
+class _HostTrees:
+    """What a :class:`_UriTree` does with the request host before its own routes: lower-case it
+    (for host conditions), and under ``radixtree_host_uri`` (host-less tree) try the trees of
+    the exact host, then of the wildcard hosts (longest suffix first)."""
+
+    __slots__ = ("exact", "wild")
+
+    def __init__(
+        self,
+        exact: dict[str, _MatchFn],
+        wild: _PrefixIndex[tuple[_MatchFn, ...]] | None,
+    ) -> None:
+        self.exact = exact
+        self.wild = wild
 
 
 class _UriTree:
     """Exact map + prefix keys over the URI patterns of a set of routes.
 
-    Prefix keys that prefix the path are visited longest first: the catch-all keys ``"/"``
-    (``/*``) and ``""`` are kept aside and checked last without any slicing; the others are
-    found by one dict probe per distinct key length (few lengths) or through a
-    :class:`_PrefixIndex` (one probe per ``/`` of the path).
+    Prefix keys that prefix the path are visited longest first. The catch-all keys ``"/"``
+    (``/*``) and ``""`` are kept aside and checked last, without slicing. The others are found
+    by one dict probe per ``/`` of the path whose position is a key length (when every key
+    ends in ``/``, the usual ``/api/*`` shape), else by one probe per distinct key length (few
+    lengths) or through a :class:`_PrefixIndex` (one probe per ``/``, then per tail length).
+
+    A key whose first candidate always wins (no conditions, plain or ``/literal/*name``) is
+    resolved inline; anything else goes through :func:`_resolve` / :func:`_try`. ``hosts``
+    (:class:`_HostTrees`) is what happens with the request host before all that.
     """
 
-    __slots__ = ("empty", "exact", "index", "lens", "pmap", "root")
+    __slots__ = (
+        "empty",
+        "exact",
+        "hosts",
+        "index",
+        "lens",
+        "pmap",
+        "root",
+        "slash_lens",
+        "slash_lo",
+        "slash_max",
+        "walk",
+    )
 
-    def __init__(self, entries: list[tuple[_Entry, str | None]]) -> None:
+    def __init__(
+        self, entries: list[tuple[_Entry, str | None]], hosts: _HostTrees | None = None
+    ) -> None:
+        if hosts is None and any(entry.hosts is not None for entry, _key in entries):
+            hosts = _HostTrees({}, None)  # host conditions: lower-case the request host
+        self.hosts = hosts
         exact: dict[str, list[_Entry]] = {}
         prefix: dict[str, list[_Entry]] = {}
         for entry, key in entries:
@@ -441,11 +512,12 @@ class _UriTree:
                 exact.setdefault(entry.path_org, []).append(entry)
             else:
                 prefix.setdefault(key, []).append(entry)
-        self.exact: dict[str, _Cands] = {}
+        exact_map: dict[str, _Cands] = {}
         for p, es in exact.items():
             cands = _candidates(es)
             if cands is not None:
-                self.exact[p] = cands
+                exact_map[p] = cands
+        self.exact = exact_map or None
         pmap: dict[str, _Cands] = {}
         for k, es in prefix.items():
             cands = _candidates(es)
@@ -453,14 +525,26 @@ class _UriTree:
                 pmap[k] = cands
         self.root = pmap.pop("/", None)
         self.empty = pmap.pop("", None)
-        lens = tuple(sorted({len(k) for k in pmap}, reverse=True))
         self.pmap = pmap
-        self.lens: tuple[int, ...] | None = None
+        lens = sorted({len(k) for k in pmap}, reverse=True)
+        self.walk = _WALK_NONE
+        self.slash_lens: frozenset[int] = frozenset()
+        # slash walk: the "/" closing a key of length n sits at n - 1, in [slash_lo, slash_max)
+        self.slash_max = self.slash_lo = 0
+        self.lens: tuple[int, ...] = ()
         self.index: _PrefixIndex[_Cands] | None = None
-        if len(lens) <= _MAX_PROBE_LENS:
-            if lens:
-                self.lens = lens
+        if not pmap:
+            pass
+        elif all(k.endswith("/") for k in pmap):  # the "/api/*" shape: lengths >= 2
+            self.walk = _WALK_SLASH
+            self.slash_lens = frozenset(lens)
+            self.slash_max = lens[0]
+            self.slash_lo = lens[-1] - 1
+        elif len(lens) <= _MAX_PROBE_LENS:
+            self.walk = _WALK_LENS
+            self.lens = tuple(lens)
         else:
+            self.walk = _WALK_INDEX
             self.index = _PrefixIndex(pmap, "/")
 
     def match(
@@ -472,39 +556,83 @@ class _UriTree:
         remote_addr: str,
         var: Any,
     ) -> Match | None:
-        """Like :meth:`Router.match` within this tree (``host`` already lower-cased if any
-        route of the tree has a host condition)."""
-        cands = self.exact.get(uri)
-        if cands is not None:
-            if isinstance(cands, Match):
-                return cands
-            found = _resolve(cands, uri, method, host, raw_host, remote_addr, var)
-            if found is not None:
-                return found
-        lens = self.lens
-        if lens is not None:
+        """Like ``Router.match``, within this tree."""
+        hosts = self.hosts
+        if hosts is not None and host is not None:
+            host = host.lower()
+            tree = hosts.exact.get(host)
+            if tree is not None:
+                found = tree(uri, method, host, raw_host, remote_addr, var)
+                if found is not None:
+                    return found
+            if hosts.wild is not None:
+                for group in hosts.wild.lookup(host[::-1]):
+                    for tree in group:
+                        found = tree(uri, method, host, raw_host, remote_addr, var)
+                        if found is not None:
+                            return found
+        exact = self.exact
+        if exact is not None:
+            cands = exact.get(uri)
+            if cands is not None:
+                if cands.__class__ is Match:
+                    return cands
+                if cands.__class__ is tuple:
+                    found = _try(cands, uri, method, host, raw_host, remote_addr, var)
+                else:
+                    found = _resolve(cands, uri, method, host, raw_host, remote_addr, var)
+                if found is not None:
+                    return found
+        m: Any
+        walk = self.walk
+        if walk == _WALK_SLASH:
+            slash_lens = self.slash_lens
             pmap = self.pmap
-            for n in lens:
+            # a "/" at i closes the key uri[:i + 1]; i == 0 (key "/") is the root, below
+            lo = self.slash_lo
+            i = uri.rfind("/", lo, self.slash_max)
+            while i > 0:
+                if i + 1 in slash_lens:
+                    cands = pmap.get(uri[: i + 1])
+                    if cands is not None:
+                        if cands.__class__ is _Entry:  # _tail_match, inlined
+                            e: Any = cands
+                            m = _MatchBuilder()
+                            m.spec = e.spec
+                            m.params = {e.tail_name: uri[i + 1 :]}
+                            m.matched_uri = e.path_org
+                            m.matched_host = e.label
+                            m.__class__ = Match
+                            return m
+                        found = _resolve(cands, uri, method, host, raw_host, remote_addr, var)
+                        if found is not None:
+                            return found
+                i = uri.rfind("/", lo, i)
+        elif walk == _WALK_LENS:
+            pmap = self.pmap
+            for n in self.lens:
                 # a key of length n cannot equal uri[:n] when the uri is shorter: no length check
                 cands = pmap.get(uri[:n])
                 if cands is not None:
                     found = _resolve(cands, uri, method, host, raw_host, remote_addr, var)
                     if found is not None:
                         return found
-        elif self.index is not None:
+        elif walk == _WALK_INDEX:
+            assert self.index is not None
             found = self._walk(self.index, uri, method, host, raw_host, remote_addr, var)
             if found is not None:
                 return found
         cands = self.root
-        if cands is not None and uri[:1] == "/":
-            if isinstance(cands, _Entry):  # bare "/*" (or "/*name") without conditions
-                m: Any = _MatchBuilder()
-                m.spec = cands.spec
-                m.params = {cands.names[0]: uri[1:]}
-                m.matched_uri = cands.path_org
-                m.matched_host = cands.label
+        if cands is not None and uri and uri[0] == "/":
+            if cands.__class__ is _Entry:  # bare "/*" (or "/*name"): _tail_match, inlined
+                e = cands
+                m = _MatchBuilder()
+                m.spec = e.spec
+                m.params = {e.tail_name: uri[1:]}
+                m.matched_uri = e.path_org
+                m.matched_host = e.label
                 m.__class__ = Match
-                return m  # type: ignore[no-any-return]
+                return m
             found = _resolve(cands, uri, method, host, raw_host, remote_addr, var)
             if found is not None:
                 return found
@@ -512,6 +640,39 @@ class _UriTree:
         if cands is not None:
             return _resolve(cands, uri, method, host, raw_host, remote_addr, var)
         return None
+
+    def matcher(self) -> _MatchFn:
+        """The fastest equivalent of :meth:`match` for this tree's shape."""
+        if (
+            self.hosts is None
+            and self.exact is None
+            and self.walk == _WALK_NONE
+            and type(self.root) is _Entry
+        ):
+            return self._match_catch_all
+        return self.match
+
+    def _match_catch_all(
+        self,
+        uri: str,
+        method: str,
+        host: str | None,
+        raw_host: str | None,
+        remote_addr: str,
+        var: Any,
+    ) -> Match | None:
+        """:meth:`match` for a tree whose only key is ``"/"`` (plus maybe ``""``), held by an
+        unconditional ``/*`` or ``/*name`` route: the usual single catch-all table."""
+        if uri and uri[0] == "/":
+            e: Any = self.root
+            m: Any = _MatchBuilder()
+            m.spec = e.spec
+            m.params = {e.tail_name: uri[1:]}
+            m.matched_uri = e.path_org
+            m.matched_host = e.label
+            m.__class__ = Match
+            return m
+        return self.match(uri, method, host, raw_host, remote_addr, var)
 
     @staticmethod
     def _walk(
@@ -580,6 +741,18 @@ def _host_conds(hosts: tuple[str, ...]) -> tuple[tuple[bool, str, bool], ...]:
     return tuple(conds)
 
 
+class _MatchFn(Protocol):
+    def __call__(
+        self,
+        uri: str,
+        method: str,
+        host: str | None,
+        raw_host: str | None,
+        remote_addr: str,
+        var: Any,
+    ) -> Match | None: ...
+
+
 class Router:
     """Route table for one config generation.
 
@@ -589,7 +762,19 @@ class Router:
     ``:param`` segments).
     """
 
-    __slots__ = ("_count", "_host_exact", "_host_mode", "_host_wild", "_hosts", "_tree", "kind")
+    __slots__ = ("_count", "kind", "match")
+
+    match: _MatchFn
+    """``match(uri, method, host, raw_host, remote_addr, var) -> Match | None``: find the route
+    for a request.
+
+    ``uri``: normalized path; ``host``: lower-cased Host without port (``None`` if absent);
+    ``raw_host``: the Host header as sent (for ``host:port`` route hosts under
+    ``radixtree_uri*``); ``var``: what ``vars`` expressions read.
+
+    Set per instance to the (host-less) top tree's matcher, so that no extra call level sits
+    on the hot path; the host trees hang off that tree (:class:`_HostTrees`).
+    """
 
     def __init__(self, routes: Iterable[RouteSpec], kind: str = "radixtree_host_uri") -> None:
         if kind not in KINDS:
@@ -597,11 +782,8 @@ class Router:
         self.kind = kind
         specs = list(routes)
         self._count = len(specs)
-        self._host_mode = kind == "radixtree_host_uri"
         with_param = kind == "radixtree_uri_with_parameter"
-        self._host_exact: dict[str, _UriTree] = {}
-        self._host_wild: _PrefixIndex[tuple[tuple[str, _UriTree], ...]] | None = None
-        if not self._host_mode:
+        if kind != "radixtree_host_uri":
             regs: list[tuple[_Entry, str | None]] = []
             for spec in specs:
                 ipm = _ip_matcher(spec)
@@ -609,9 +791,7 @@ class Router:
                 for path in spec.uris:
                     key = _uri_key(path, with_param)
                     regs.append((_Entry(spec, path, key, ipm, conds, ""), key))
-            self._tree = _UriTree(regs)
-            # whether the request host matters at all (else it is not even lower-cased)
-            self._hosts = any(spec.hosts for spec in specs)
+            self.match = _UriTree(regs).matcher()
             return
 
         no_host: list[tuple[_Entry, str | None]] = []
@@ -627,52 +807,28 @@ class Router:
                     by_host.setdefault(label, []).append(
                         (_Entry(spec, path, key, ipm, None, label), key)
                     )
-        self._tree = _UriTree(no_host)
-        wild: dict[str, list[tuple[str, _UriTree]]] = {}
+        host_exact: dict[str, _MatchFn] = {}
+        wild: dict[str, list[tuple[str, _MatchFn]]] = {}
         for label, regs in by_host.items():
-            tree = _UriTree(regs)
+            tree = _UriTree(regs).matcher()
             if "*" not in label:
-                self._host_exact[label] = tree
+                host_exact[label] = tree
                 continue
             rev = label[::-1]
             wild.setdefault(rev[: rev.find("*")], []).append((label, tree))
-        if wild:
-            self._host_wild = _PrefixIndex(
-                {k: tuple(sorted(v, key=lambda lt: -len(lt[0].encode()))) for k, v in wild.items()},
+        host_wild = (
+            _PrefixIndex(
+                {
+                    k: tuple(t for _label, t in sorted(v, key=lambda lt: -len(lt[0].encode())))
+                    for k, v in wild.items()
+                },
                 ".",
             )
-        self._hosts = bool(self._host_exact) or self._host_wild is not None
+            if wild
+            else None
+        )
+        hosts = _HostTrees(host_exact, host_wild) if by_host else None
+        self.match = _UriTree(no_host, hosts).matcher()
 
     def __len__(self) -> int:
         return self._count
-
-    def match(
-        self,
-        uri: str,
-        method: str,
-        host: str | None,
-        raw_host: str | None,
-        remote_addr: str,
-        var: Any,
-    ) -> Match | None:
-        """Find the route for a request.
-
-        ``uri``: normalized path; ``host``: lower-cased Host without port (``None`` if absent);
-        ``raw_host``: the Host header as sent (for ``host:port`` route hosts under
-        ``radixtree_uri*``); ``var``: what ``vars`` expressions read.
-        """
-        if host is not None and self._hosts:
-            host = host.lower()
-            if self._host_mode:
-                tree = self._host_exact.get(host)
-                if tree is not None:
-                    found = tree.match(uri, method, host, raw_host, remote_addr, var)
-                    if found is not None:
-                        return found
-                if self._host_wild is not None:
-                    for group in self._host_wild.lookup(host[::-1]):
-                        for _label, tree in group:
-                            found = tree.match(uri, method, host, raw_host, remote_addr, var)
-                            if found is not None:
-                                return found
-        return self._tree.match(uri, method, host, raw_host, remote_addr, var)

@@ -475,3 +475,146 @@ def test_many_host_routes_on_one_exact_path_in_radixtree_uri() -> None:
     assert hit(router, "/same", host="h11.example.com", method="POST") == "hostless"
     assert hit(router, "/same", host="zz.example.com") == "wild"
     assert hit(router, "/same", host="example.com") is None
+
+
+# --- hot-path shapes (catch-all matcher, prefix search strategies, built matches) ----------
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    ("routes", "uri", "pattern", "params"),
+    [
+        (["/*"], "/api/hello", "/*", {":ext": "api/hello"}),
+        (["/*"], "/", "/*", {":ext": ""}),
+        (["/*all"], "/a/b", "/*all", {"all": "a/b"}),
+        (["/api/*", "/api/v1/*", "/static/*", "/*"], "/api/v1/x", "/api/v1/*", {":ext": "x"}),
+        (["/api/*", "/api/v1/*", "/static/*", "/*"], "/api/v2/x", "/api/*", {":ext": "v2/x"}),
+        (["/api/*", "/api/v1/*", "/static/*", "/*"], "/apix", "/*", {":ext": "apix"}),
+        (["/api/*rest", "/ap*"], "/api/a/b", "/api/*rest", {"rest": "a/b"}),
+        (["/api/*rest", "/ap*"], "/apx", "/ap*", None),
+        (["/exact", "/*"], "/exact", "/exact", None),
+    ],
+)
+def test_matches_are_plain_frozen_match_objects(
+    kind: str, routes: list[str], uri: str, pattern: str, params: dict[str, str] | None
+) -> None:
+    router = Router([R(p, p) for p in routes], kind)
+    m = router.match(uri, "GET", "localhost", "localhost", "127.0.0.1", {})
+    assert m is not None
+    assert type(m) is Match
+    assert m == Match(R(pattern, pattern), params, pattern, "")
+    assert repr(m) == repr(Match(R(pattern, pattern), params, pattern, ""))
+    with pytest.raises(AttributeError):  # dataclasses.FrozenInstanceError
+        m.params = {}  # type: ignore[misc]
+    again = router.match(uri, "GET", "localhost", "localhost", "127.0.0.1", {})
+    assert again == m
+    if params is not None:  # a fresh dict per request: callers may keep it (ctx.uri_params)
+        assert again is not None and again.params is not m.params
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_catch_all_router_needs_a_leading_slash(kind: str) -> None:
+    router = Router([R("root", "/*")], kind)
+    assert hit(router, "/") == "root"
+    assert hit(router, "") is None
+    assert hit(router, "x/y") is None
+    router = Router([R("root", "/*"), R("any", "*")], kind)
+    assert hit(router, "/x") == "root"
+    assert hit(router, "x/y") == "any"
+    m = router.match("", "GET", None, None, "127.0.0.1", {})
+    assert m is not None and m.spec.id == "any" and m.params == {":ext": ""}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_catch_all_with_conditions_falls_through(kind: str) -> None:
+    router = Router(
+        [R("post", "/*", methods=frozenset({"POST"}), priority=1), R("any", "/*")], kind
+    )
+    assert hit(router, "/x", method="POST") == "post"
+    assert hit(router, "/x", method="GET") == "any"
+    router = Router([R("post", "/*", methods=frozenset({"POST"}))], kind)
+    assert hit(router, "/x", method="GET") is None
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "extra",
+    [
+        [],  # every key ends in "/": the slash walk
+        ["/zz*"],  # a few key lengths, not all ending in "/"
+        [f"/{'q' * n}*" for n in range(1, 12)],  # many key lengths: the prefix index
+    ],
+)
+def test_prefix_order_and_fallback_in_every_search_strategy(kind: str, extra: list[str]) -> None:
+    post = frozenset({"POST"})
+    routes = [
+        R("root", "/*"),
+        R("api", "/api/*"),
+        R("api-v", "/api/v*"),
+        R("v1-post", "/api/v1/*", methods=post),
+        R("v1-deep", "/api/v1/users/*"),
+    ]
+    routes = [r for r in routes if extra or r.id != "api-v"]  # "/api/v" does not end in "/"
+    routes += [R(f"extra{i}", p) for i, p in enumerate(extra)]
+    router = Router(routes, kind)
+    assert hit(router, "/api/v1/users/7") == "v1-deep"
+    assert hit(router, "/api/v1/users/7", method="POST") == "v1-deep"
+    assert hit(router, "/api/v1/users", method="POST") == "v1-post"
+    v_or_api = "api-v" if extra else "api"
+    assert hit(router, "/api/v1/users") == v_or_api
+    assert hit(router, "/api/v2") == v_or_api
+    assert hit(router, "/api/x") == "api"
+    assert hit(router, "/api") == "root"
+    assert hit(router, "/zzz") == ("extra0" if extra == ["/zz*"] else "root")
+    if len(extra) > 1:
+        assert hit(router, "/qqqqq/x") == "extra4"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_match_accepts_keyword_arguments(kind: str) -> None:
+    tables = [
+        [R("r", "/*")],
+        [R("r", "/a/*"), R("x", "/x")],
+        [R("r", "/a/*", hosts=("A.com",)), R("x", "/*")],
+    ]
+    for routes in tables:
+        m = Router(routes, kind).match(
+            uri="/a/b", method="GET", host="a.COM", raw_host=None, remote_addr="127.0.0.1", var={}
+        )
+        assert m is not None and m.spec.id == "r"
+
+
+def test_host_trees_in_front_of_a_hostless_catch_all() -> None:
+    router = Router([R("host", "/api/*", hosts=("*.Foo.com",)), R("any", "/*")])
+    assert hit(router, "/api/x", host="A.FOO.COM") == "host"
+    m = router.match("/api/x", "GET", "a.foo.com", None, "1.1.1.1", {})
+    assert m is not None and m.matched_host == "*.foo.com" and m.params == {":ext": "x"}
+    assert hit(router, "/api/x", host="foo.com") == "any"
+    assert hit(router, "/api/x", host=None) == "any"
+    assert hit(router, "/other", host="a.foo.com") == "any"
+
+
+def test_never_matching_parameter_pattern_does_not_shadow_its_key() -> None:
+    # "(" cannot compile: that route never matches, the other one under the same key still does
+    router = Router(
+        [R("bad", "/x/:id/(", priority=5), R("ok", "/x/*")], "radixtree_uri_with_parameter"
+    )
+    assert hit(router, "/x/1/(") == "ok"
+    router = Router([R("bad", "/x/:id/(")], "radixtree_uri_with_parameter")
+    assert hit(router, "/x/1/(") is None
+
+
+def test_host_filter_with_many_hostless_candidates() -> None:
+    # more host-less (conditioned) candidates under one key than are pre-merged per host
+    routes = [R(f"m{i}", "/k/*", methods=frozenset({f"M{i}"})) for i in range(40)]
+    routes += [R(f"h{i}", "/k/*", hosts=(f"h{i}.example.com",)) for i in range(10)]
+    routes += [R("w", "/k/*", hosts=("*.w.example.com",))]
+    routes += [R("top", "/k/*", methods=frozenset({"M3"}), hosts=("h3.example.com",), priority=1)]
+    router = Router(routes, "radixtree_uri")
+    assert hit(router, "/k/x", host="h3.example.com") == "h3"
+    assert hit(router, "/k/x", host="h3.example.com", method="M3") == "top"
+    assert hit(router, "/k/x", host="h4.example.com", method="M3") == "m3"
+    assert hit(router, "/k/x", host="a.w.example.com") == "w"
+    assert hit(router, "/k/x", host="a.w.example.com", method="M39") == "m39"
+    assert hit(router, "/k/x", host="nobody.example.com") is None
+    assert hit(router, "/k/x", host=None, method="M0") == "m0"
