@@ -22,7 +22,13 @@ from kernel.plugins.loader import load_registry
 from kernel.plugins.manager import PluginRegistry
 from kernel.proxy import Proxy
 from kernel.server import HttpProtocol, RealIP, ServerLimits
-from kernel.state import GatewayState, StateHolder, build_state, empty_state, validate_snapshot
+from kernel.state import (
+    GatewayState,
+    SnapshotValidator,
+    StateHolder,
+    build_state,
+    empty_state,
+)
 from kernel.store.base import ConfigStore, Problem, Snapshot
 from kernel.store.factory import make_stores, mode
 from kernel.store.resources import ResourceStore
@@ -83,6 +89,7 @@ class Gateway:
         self.slot = slot
         self.supervised = supervised
         self._registries: dict[tuple[str, ...] | None, PluginRegistry] = {}
+        self._validator = SnapshotValidator()
         self.registry = self._load_registry(None)
         self.holder = StateHolder(empty_state(self.registry))
         self.last_error: str | None = None
@@ -136,7 +143,7 @@ class Gateway:
     # --- the one apply path -----------------------------------------------------------
     def validate(self, snapshot: Snapshot) -> list[Problem]:
         """Problems in a candidate snapshot (called by the store before it hands one over)."""
-        return validate_snapshot(snapshot, self._load_registry(snapshot.plugins))
+        return self._validator(snapshot, self._load_registry(snapshot.plugins))
 
     def apply(
         self, snapshot: Snapshot | None = None, registry: PluginRegistry | None = None
@@ -156,6 +163,7 @@ class Gateway:
                 router_kind=str(self.cfg.get("apisix.router.http") or "radixtree_host_uri"),
                 pool=pool_settings(self.cfg),
                 generation=self.holder.state.generation + 1,
+                previous=self.holder.state.cache,
             )
         except Exception as err:
             self.last_error = f"config {snapshot.version}: {err}"

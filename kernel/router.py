@@ -762,7 +762,7 @@ class Router:
     ``:param`` segments).
     """
 
-    __slots__ = ("_count", "kind", "match")
+    __slots__ = ("_count", "_entries", "kind", "match")
 
     match: _MatchFn
     """``match(uri, method, host, raw_host, remote_addr, var) -> Match | None``: find the route
@@ -776,37 +776,39 @@ class Router:
     on the hot path; the host trees hang off that tree (:class:`_HostTrees`).
     """
 
-    def __init__(self, routes: Iterable[RouteSpec], kind: str = "radixtree_host_uri") -> None:
+    def __init__(
+        self,
+        routes: Iterable[RouteSpec],
+        kind: str = "radixtree_host_uri",
+        previous: Router | None = None,
+    ) -> None:
+        """Build the tables. ``previous``: a router of the same kind whose per-route entries
+        are reused for the very same :class:`RouteSpec` objects (an apply that changed one
+        route recompiles one route's entries)."""
         if kind not in KINDS:
             raise ValueError(f"unknown router kind: {kind!r} (expected one of {', '.join(KINDS)})")
         self.kind = kind
         specs = list(routes)
         self._count = len(specs)
+        old = previous._entries if previous is not None and previous.kind == kind else {}
+        self._entries: dict[int, tuple[RouteSpec, list[tuple[_Entry, str | None, str]]]] = {}
         with_param = kind == "radixtree_uri_with_parameter"
         if kind != "radixtree_host_uri":
             regs: list[tuple[_Entry, str | None]] = []
             for spec in specs:
-                ipm = _ip_matcher(spec)
-                conds = _host_conds(spec.hosts) if spec.hosts else None
-                for path in spec.uris:
-                    key = _uri_key(path, with_param)
-                    regs.append((_Entry(spec, path, key, ipm, conds, ""), key))
+                for entry, key, _label in self._entries_of(spec, old, with_param, False):
+                    regs.append((entry, key))
             self.match = _UriTree(regs).matcher()
             return
 
         no_host: list[tuple[_Entry, str | None]] = []
         by_host: dict[str, list[tuple[_Entry, str | None]]] = {}
         for spec in specs:
-            ipm = _ip_matcher(spec)
-            labels = list(dict.fromkeys(h.lower() for h in spec.hosts)) if spec.hosts else []
-            for path in spec.uris:
-                key = _uri_key(path, False)
-                if not labels:
-                    no_host.append((_Entry(spec, path, key, ipm, None, ""), key))
-                for label in labels:
-                    by_host.setdefault(label, []).append(
-                        (_Entry(spec, path, key, ipm, None, label), key)
-                    )
+            for entry, key, label in self._entries_of(spec, old, False, True):
+                if label:
+                    by_host.setdefault(label, []).append((entry, key))
+                else:
+                    no_host.append((entry, key))
         host_exact: dict[str, _MatchFn] = {}
         wild: dict[str, list[tuple[str, _MatchFn]]] = {}
         for label, regs in by_host.items():
@@ -829,6 +831,36 @@ class Router:
         )
         hosts = _HostTrees(host_exact, host_wild) if by_host else None
         self.match = _UriTree(no_host, hosts).matcher()
+
+    def _entries_of(
+        self,
+        spec: RouteSpec,
+        old: dict[int, tuple[RouteSpec, list[tuple[_Entry, str | None, str]]]],
+        with_param: bool,
+        host_trees: bool,
+    ) -> list[tuple[_Entry, str | None, str]]:
+        """The ``(entry, uri key, host label)`` triples of one route, reused when unchanged."""
+        hit = old.get(id(spec))
+        if hit is not None and hit[0] is spec:
+            entries = hit[1]
+        else:
+            entries = []
+            ipm = _ip_matcher(spec)
+            if host_trees:
+                labels = list(dict.fromkeys(h.lower() for h in spec.hosts)) if spec.hosts else []
+                for path in spec.uris:
+                    key = _uri_key(path, False)
+                    if not labels:
+                        entries.append((_Entry(spec, path, key, ipm, None, ""), key, ""))
+                    for label in labels:
+                        entries.append((_Entry(spec, path, key, ipm, None, label), key, label))
+            else:
+                conds = _host_conds(spec.hosts) if spec.hosts else None
+                for path in spec.uris:
+                    key = _uri_key(path, with_param)
+                    entries.append((_Entry(spec, path, key, ipm, conds, ""), key, ""))
+        self._entries[id(spec)] = (spec, entries)
+        return entries
 
     def __len__(self) -> int:
         return self._count

@@ -88,6 +88,8 @@ class GatewayState:
     snapshot: Snapshot
     built_at: float = field(default_factory=time.time)
     errors: tuple[str, ...] = ()
+    cache: Any = None
+    """The :class:`BuildCache` the next build starts from."""
 
 
 def combine(first: Chain, second: Chain) -> Chain:
@@ -113,6 +115,10 @@ def combine(first: Chain, second: Chain) -> Chain:
     )
 
 
+def _same(a: Any, b: Any) -> bool:
+    return a is b or a == b
+
+
 def _field_path(prefix: str, message: str) -> tuple[str, str]:
     """Turn ``property "a" validation failed: property "b" ...: msg`` into ``prefix.a.b``."""
     body = message.removeprefix("invalid configuration: ")
@@ -126,40 +132,68 @@ def _field_path(prefix: str, message: str) -> tuple[str, str]:
     return path, message
 
 
+def item_problems(
+    collection: str, item: Mapping[str, Any], registry: PluginRegistry
+) -> list[tuple[str, str]]:
+    """``(field path below the item, message)`` for each problem of one item."""
+    kind = _KINDS.get(collection)
+    if kind is not None:
+        try:
+            schemas.validate_resource(kind, item)
+        except schemas.ValidationError as err:
+            path, message = _field_path("", err.message)
+            return [(path, message)]
+    out: list[tuple[str, str]] = []
+    plugins = item.get("plugins")
+    if isinstance(plugins, Mapping):
+        for name, conf in plugins.items():
+            info = registry.get(name)
+            if info is None:
+                out.append((f".plugins.{name}", f"unknown plugin [{name}]"))
+                continue
+            err_msg = check_conf(info, conf)
+            if err_msg is not None:
+                out.append((
+                    f".plugins.{name}",
+                    f"failed to check the configuration of plugin {name} err: {err_msg}",
+                ))
+    return out
+
+
+class SnapshotValidator:
+    """Validates snapshots, re-checking only items that changed since the last call.
+
+    Results are cached per item key and reused while the item is equal to the one checked and
+    the plugin registry is the same object.
+    """
+
+    def __init__(self) -> None:
+        self._registry: PluginRegistry | None = None
+        self._cache: dict[tuple[str, str], tuple[Any, list[tuple[str, str]]]] = {}
+
+    def __call__(self, snapshot: Snapshot, registry: PluginRegistry) -> list[Problem]:
+        if registry is not self._registry:
+            self._registry, self._cache = registry, {}
+        cache: dict[tuple[str, str], tuple[Any, list[tuple[str, str]]]] = {}
+        problems: list[Problem] = []
+        for collection in COLLECTIONS:
+            for index, item in enumerate(snapshot.items(collection)):
+                key = (collection, item_key(collection, item))
+                hit = self._cache.get(key)
+                if hit is not None and _same(hit[0], item):
+                    found = hit[1]
+                else:
+                    found = item_problems(collection, item, registry)
+                cache[key] = (item, found)
+                for path, message in found:
+                    problems.append(Problem("", None, f"{collection}[{index}]{path}", message))
+        self._cache = cache
+        return problems
+
+
 def validate_snapshot(snapshot: Snapshot, registry: PluginRegistry) -> list[Problem]:
     """Every problem in ``snapshot``: resource schemas, resource checks and plugin confs."""
-    problems: list[Problem] = []
-    for collection in COLLECTIONS:
-        kind = _KINDS.get(collection)
-        for index, item in enumerate(snapshot.items(collection)):
-            prefix = f"{collection}[{index}]"
-            if kind is not None:
-                try:
-                    schemas.validate_resource(kind, item)
-                except schemas.ValidationError as err:
-                    path, message = _field_path(prefix, err.message)
-                    problems.append(Problem("", None, path, message))
-                    continue
-            plugins = item.get("plugins")
-            if isinstance(plugins, Mapping):
-                for name, conf in plugins.items():
-                    info = registry.get(name)
-                    where = f"{prefix}.plugins.{name}"
-                    if info is None:
-                        problems.append(Problem("", None, where, f"unknown plugin [{name}]"))
-                        continue
-                    err_msg = check_conf(info, conf)
-                    if err_msg is not None:
-                        problems.append(
-                            Problem(
-                                "",
-                                None,
-                                where,
-                                f"failed to check the configuration of plugin {name} "
-                                f"err: {err_msg}",
-                            )
-                        )
-    return problems
+    return SnapshotValidator()(snapshot, registry)
 
 
 def _by_key(snapshot: Snapshot, collection: str, kind: str | None) -> dict[str, dict[str, Any]]:
@@ -184,6 +218,27 @@ def _global_plugins(rules: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     return merged
 
 
+@dataclass(slots=True)
+class BuildCache:
+    """What a build compiled, for the next build to reuse where the input did not change.
+
+    Keyed by item id and checked by value (``is`` first, then ``==``), so an edit to one route
+    recompiles that route only, and an upstream keeps its runtime (balancer position, counters)
+    while its configuration stays the same.
+    """
+
+    registry: PluginRegistry | None = None
+    pool: PoolSettings | None = None
+    router_kind: str = ""
+    router: Router | None = None
+    upstreams: dict[str, tuple[Any, UpstreamRuntime]] = field(default_factory=dict)
+    global_rules: Any = None
+    global_chain: Chain = EMPTY_CHAIN
+    routes: dict[str, tuple[tuple[Any, ...], CompiledRoute | None, RouteSpec | None]] = field(
+        default_factory=dict
+    )
+
+
 def build_state(
     snapshot: Snapshot,
     registry: PluginRegistry,
@@ -191,74 +246,134 @@ def build_state(
     router_kind: str = "radixtree_host_uri",
     pool: PoolSettings | None = None,
     generation: int = 1,
+    previous: BuildCache | None = None,
 ) -> GatewayState:
-    """Compile ``snapshot`` into a new state. Pure: touches nothing live."""
+    """Compile ``snapshot`` into a new state. Pure: touches nothing live.
+
+    ``previous`` (the live state's ``cache``) lets unchanged routes and upstreams be reused.
+    """
     pool = pool or PoolSettings()
+    if previous is None or previous.registry is not registry or previous.pool != pool:
+        previous = BuildCache()
+    cache = BuildCache(registry=registry, pool=pool, router_kind=router_kind)
     errors: list[str] = []
     memo: dict[Any, Any] = {}
-    upstream_confs = _by_key(snapshot, "upstreams", "upstream")
-    upstreams = {uid: UpstreamRuntime(conf, pool, uid) for uid, conf in upstream_confs.items()}
-    services = _by_key(snapshot, "services", "service")
-    plugin_configs = _by_key(snapshot, "plugin_configs", None)
-    global_rules = _by_key(snapshot, "global_rules", None)
-
-    global_chain, errs = compile_chain(_global_plugins(global_rules), registry, memo)
-    errors += [f"global_rules: {e}" for e in errs]
+    upstreams: dict[str, UpstreamRuntime] = {}
+    for raw in snapshot.items("upstreams"):
+        up_id = item_key("upstreams", raw)
+        up_hit = previous.upstreams.get(up_id)
+        runtime = up_hit[1] if up_hit is not None and _same(up_hit[0], raw) else UpstreamRuntime(
+            schemas.with_defaults("upstream", raw), pool, up_id
+        )
+        upstreams[up_id] = runtime
+        cache.upstreams[up_id] = (raw, runtime)
+    raw_services = {item_key("services", s): s for s in snapshot.items("services")}
+    services = {sid: schemas.with_defaults("service", s) for sid, s in raw_services.items()}
+    raw_configs = {item_key("plugin_configs", c): c for c in snapshot.items("plugin_configs")}
+    global_raw = snapshot.items("global_rules")
+    if previous.global_rules is not None and _same(previous.global_rules, global_raw):
+        global_chain = previous.global_chain
+    else:
+        rules = {item_key("global_rules", g): g for g in global_raw}
+        global_chain, errs = compile_chain(_global_plugins(rules), registry, memo)
+        errors += [f"global_rules: {e}" for e in errs]
+    cache.global_rules, cache.global_chain = global_raw, global_chain
 
     service_upstreams: dict[str, UpstreamRuntime] = {}
     specs: list[RouteSpec] = []
     routes: dict[str, CompiledRoute] = {}
     for raw in snapshot.items("routes"):
-        route = schemas.with_defaults("route", raw)
-        rid = item_key("routes", route)
-        if route.get("status", 1) == 0:
-            continue
-        compiled = _compile_route(
-            rid, route, services, plugin_configs, upstreams, service_upstreams, registry,
-            global_chain, pool, memo, errors,
+        rid = item_key("routes", raw)
+        sid, pcid, uid = raw.get("service_id"), raw.get("plugin_config_id"), raw.get("upstream_id")
+        service_raw = raw_services.get(str(sid)) if sid is not None else None
+        deps = (
+            raw,
+            service_raw,
+            raw_configs.get(str(pcid)) if pcid is not None else None,
+            upstreams.get(str(uid)) if uid is not None else None,
+            upstreams.get(str(service_raw.get("upstream_id")))
+            if service_raw is not None and service_raw.get("upstream_id") is not None
+            else None,
+            global_chain,
         )
-        if compiled is None:
-            continue
-        routes[rid] = compiled
-        service = compiled.service
-        hosts = route.get("hosts") or ([route["host"]] if route.get("host") else None)
-        if hosts is None and service is not None and service.get("hosts"):
-            hosts = service["hosts"]
-        remote = route.get("remote_addrs") or (
-            [route["remote_addr"]] if route.get("remote_addr") else None
-        )
-        predicate: Callable[[Any], bool] | None = None
-        if route.get("vars"):
-            try:
-                predicate = compile_expr(route["vars"])
-            except ExprError as err:
-                errors.append(f"route {rid}: failed to validate the 'vars' expression: {err}")
-                continue
-        specs.append(
-            RouteSpec(
-                id=rid,
-                uris=tuple(route.get("uris") or [route["uri"]]),
-                methods=frozenset(route["methods"]) if route.get("methods") else None,
-                hosts=tuple(hosts) if hosts else None,
-                remote_addrs=tuple(remote) if remote else None,
-                vars=predicate,
-                priority=int(route.get("priority", 0)),
-                payload=compiled,
+        hit = previous.routes.get(rid)
+        if hit is not None and hit[0] == deps:  # tuple ==: identity first, then value
+            compiled, spec = hit[1], hit[2]
+        else:
+            compiled, spec = _compile_entry(
+                rid, raw, services, raw_configs, upstreams, service_upstreams, registry,
+                global_chain, pool, memo, errors,
             )
-        )
+        cache.routes[rid] = (deps, compiled, spec)
+        if compiled is not None and spec is not None:
+            routes[rid] = compiled
+            specs.append(spec)
     for message in errors:
         log.error("%s", message)
+    router = Router(specs, router_kind, previous.router)
+    cache.router = router
     return GatewayState(
         generation=generation,
         version=snapshot.version,
-        router=Router(specs, router_kind),
+        router=router,
         routes=routes,
         upstreams=upstreams,
         global_chain=global_chain,
         registry=registry,
         snapshot=snapshot,
         errors=tuple(errors),
+        cache=cache,
     )
+
+
+def _compile_entry(
+    rid: str,
+    raw: dict[str, Any],
+    services: Mapping[str, dict[str, Any]],
+    plugin_configs: Mapping[str, dict[str, Any]],
+    upstreams: Mapping[str, UpstreamRuntime],
+    service_upstreams: dict[str, UpstreamRuntime],
+    registry: PluginRegistry,
+    global_chain: Chain,
+    pool: PoolSettings,
+    memo: dict[Any, Any],
+    errors: list[str],
+) -> tuple[CompiledRoute | None, RouteSpec | None]:
+    """One route: its compiled form and its router entry (``None``s when not loaded)."""
+    route = schemas.with_defaults("route", raw)
+    if route.get("status", 1) == 0:
+        return None, None
+    compiled = _compile_route(
+        rid, route, services, plugin_configs, upstreams, service_upstreams, registry,
+        global_chain, pool, memo, errors,
+    )
+    if compiled is None:
+        return None, None
+    service = compiled.service
+    hosts = route.get("hosts") or ([route["host"]] if route.get("host") else None)
+    if hosts is None and service is not None and service.get("hosts"):
+        hosts = service["hosts"]
+    remote = route.get("remote_addrs") or (
+        [route["remote_addr"]] if route.get("remote_addr") else None
+    )
+    predicate: Callable[[Any], bool] | None = None
+    if route.get("vars"):
+        try:
+            predicate = compile_expr(route["vars"])
+        except ExprError as err:
+            errors.append(f"route {rid}: failed to validate the 'vars' expression: {err}")
+            return None, None
+    spec = RouteSpec(
+        id=rid,
+        uris=tuple(route.get("uris") or [route["uri"]]),
+        methods=frozenset(route["methods"]) if route.get("methods") else None,
+        hosts=tuple(hosts) if hosts else None,
+        remote_addrs=tuple(remote) if remote else None,
+        vars=predicate,
+        priority=int(route.get("priority", 0)),
+        payload=compiled,
+    )
+    return compiled, spec
 
 
 def _compile_route(

@@ -1,0 +1,77 @@
+"""Building the gateway state: defaults, merging, and reuse of what did not change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kernel.plugins.loader import load_registry
+from kernel.plugins.manager import PluginRegistry
+from kernel.state import SnapshotValidator, build_state
+from kernel.store.base import Snapshot, freeze_collections
+
+
+@pytest.fixture(scope="module")
+def registry() -> PluginRegistry:
+    reg, errors = load_registry(["fault-injection", "proxy-rewrite"], [], {})
+    assert not errors
+    return reg
+
+
+def snap(**collections: Any) -> Snapshot:
+    return Snapshot("t", freeze_collections(collections))
+
+
+def up(port: int) -> dict[str, Any]:
+    return {"type": "roundrobin", "nodes": {f"127.0.0.1:{port}": 1}}
+
+
+def test_unchanged_routes_and_upstreams_are_reused(registry: PluginRegistry) -> None:
+    routes = [{"id": str(i), "uri": f"/r{i}", "upstream_id": "u"} for i in range(50)]
+    first = build_state(snap(routes=routes, upstreams=[{"id": "u", **up(1)}]), registry)
+    changed = [dict(r) for r in routes]  # re-parsed: equal values, new objects
+    changed[7] = {"id": "7", "uri": "/seven", "upstream_id": "u"}
+    second = build_state(
+        snap(routes=changed, upstreams=[{"id": "u", **up(1)}]), registry, previous=first.cache
+    )
+    assert second.routes["3"] is first.routes["3"]
+    assert second.routes["7"] is not first.routes["7"]
+    assert second.upstreams["u"] is first.upstreams["u"]
+    assert second.router.match("/seven", "GET", None, None, "127.0.0.1", {}) is not None
+    assert second.router.match("/r7", "GET", None, None, "127.0.0.1", {}) is None
+    assert second.router.match("/r8", "GET", None, None, "127.0.0.1", {}) is not None
+
+
+def test_dependency_change_recompiles_dependents(registry: PluginRegistry) -> None:
+    routes = [{"id": "a", "uri": "/a", "service_id": "s"}, {"id": "b", "uri": "/b", "upstream": up(3)}]
+    first = build_state(snap(routes=routes, services=[{"id": "s", "upstream": up(1)}]), registry)
+    second = build_state(
+        snap(routes=routes, services=[{"id": "s", "upstream": up(2)}]), registry,
+        previous=first.cache,
+    )
+    assert second.routes["a"] is not first.routes["a"]
+    assert second.routes["a"].upstream.nodes[0].port == 2  # type: ignore[union-attr]
+    assert second.routes["b"] is first.routes["b"]
+
+
+def test_upstream_change_gives_a_new_runtime(registry: PluginRegistry) -> None:
+    first = build_state(snap(upstreams=[{"id": "u", **up(1)}],
+                             routes=[{"id": "r", "uri": "/", "upstream_id": "u"}]), registry)
+    second = build_state(snap(upstreams=[{"id": "u", **up(2)}],
+                              routes=[{"id": "r", "uri": "/", "upstream_id": "u"}]), registry,
+                         previous=first.cache)
+    assert second.upstreams["u"] is not first.upstreams["u"]
+    assert second.routes["r"].upstream is second.upstreams["u"]
+
+
+def test_validator_reports_index_paths_and_rechecks_changed_items(registry: PluginRegistry) -> None:
+    validate = SnapshotValidator()
+    good = {"id": "1", "uri": "/a", "upstream": up(1)}
+    bad = {"id": "2", "uri": "/b", "methods": ["FETCH"], "upstream": up(1)}
+    problems = validate(snap(routes=[good, bad]), registry)
+    assert [p.path for p in problems] == ["routes[1].methods"]
+    problems = validate(snap(routes=[bad, good]), registry)
+    assert [p.path for p in problems] == ["routes[0].methods"]
+    fixed = dict(bad, methods=["GET"])
+    assert validate(snap(routes=[fixed, good]), registry) == []
