@@ -44,7 +44,10 @@ def test_unchanged_routes_and_upstreams_are_reused(registry: PluginRegistry) -> 
 
 
 def test_dependency_change_recompiles_dependents(registry: PluginRegistry) -> None:
-    routes = [{"id": "a", "uri": "/a", "service_id": "s"}, {"id": "b", "uri": "/b", "upstream": up(3)}]
+    routes = [
+        {"id": "a", "uri": "/a", "service_id": "s"},
+        {"id": "b", "uri": "/b", "upstream": up(3)},
+    ]
     first = build_state(snap(routes=routes, services=[{"id": "s", "upstream": up(1)}]), registry)
     second = build_state(
         snap(routes=routes, services=[{"id": "s", "upstream": up(2)}]), registry,

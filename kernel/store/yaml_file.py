@@ -51,6 +51,9 @@ _WATCHED_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"
 _Sig = tuple[int, int, int, int]  # mtime_ns, size, inode, ctime_ns
 _TOP_LEVEL = (*COLLECTIONS, "plugins")
 
+BeforeReplace = Callable[[dict[str, Any], dict[str, list[dict[str, Any]]]], None]
+"""``write``'s hook: (new document as written, its built collections) -> None, under the lock."""
+
 
 @dataclass
 class _Built:
@@ -142,6 +145,11 @@ class YamlFileStore(ConfigStore):
     def current(self) -> Snapshot | None:
         return self._current
 
+    @property
+    def path(self) -> Path:
+        """The config file."""
+        return self._path
+
     async def refresh(self) -> None:
         """Re-read and re-validate the file now, even if its bytes did not change.
 
@@ -158,14 +166,25 @@ class YamlFileStore(ConfigStore):
             return [Problem(self._source, None, "", "file not found")]
         return outcome.built.problems
 
-    async def write(self, mutate: Callable[[dict[str, Any]], dict[str, Any]]) -> Snapshot:
+    async def write(
+        self,
+        mutate: Callable[[dict[str, Any]], dict[str, Any]],
+        *,
+        before_replace: BeforeReplace | None = None,
+    ) -> Snapshot:
         """Apply ``mutate`` to the parsed file under an exclusive lock and store the result.
 
         ``mutate`` receives the document as written (ids as in the file, ``${{VAR}}`` not
         substituted) and returns the new one. The result is validated like an edit; problems
         raise :class:`ConfigRejected` and nothing is written. Safe across processes.
+
+        ``before_replace(document, collections)`` (optional) runs in the same critical section
+        after validation and just before the file is replaced, with the new document and its
+        built collections (ids normalised, env substituted): the place to update side data
+        (e.g. a revisions file) so that it never disagrees with the file. If it raises, nothing
+        is written and the exception propagates. ``mutate`` may also raise to abort.
         """
-        sig, raw_digest, built = await asyncio.to_thread(self._write_locked, mutate)
+        sig, raw_digest, built = await asyncio.to_thread(self._write_locked, mutate, before_replace)
         async with self._lock:
             if _stat_sig(self._path) == sig:  # nobody replaced it since: no need to re-read
                 self._apply(_Outcome(sig, raw_digest, built))
@@ -475,12 +494,44 @@ class YamlFileStore(ConfigStore):
 
     # -- writing ---------------------------------------------------------------------------
 
-    def _write_locked(
-        self, mutate: Callable[[dict[str, Any]], dict[str, Any]]
-    ) -> tuple[_Sig, str, _Built]:
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """Hold the writers' exclusive ``flock`` on ``<file>.lock`` (blocking; not re-entrant,
+        so never call :meth:`write` inside it)."""
         lock_fd = os.open(f"{self._abs}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(lock_fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(lock_fd)  # releases the flock
+
+    def read_built(self) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]]] | None:
+        """The file now: (document as written, built collections), or ``None`` when it is
+        missing, empty-but-invalid or refused. Blocking; call it inside :meth:`locked` to get a
+        view no writer changes meanwhile."""
+        try:
+            raw, _ = self._read_file()
+        except OSError:
+            return None
+        if raw is None:
+            return None
+        if not raw.strip():
+            return {}, {}
+        built = self._build(raw)
+        if built.problems:
+            return None
+        try:
+            doc = self._document_for_write(raw)
+        except ConfigRejected:
+            return None
+        return doc, built.collections
+
+    def _write_locked(
+        self,
+        mutate: Callable[[dict[str, Any]], dict[str, Any]],
+        before_replace: BeforeReplace | None = None,
+    ) -> tuple[_Sig, str, _Built]:
+        with self.locked():
             raw, _ = self._read_file()
             doc = self._document_for_write(raw)
             result = mutate(doc)
@@ -497,12 +548,12 @@ class YamlFileStore(ConfigStore):
             built = self._build(data)
             if built.problems:
                 raise ConfigRejected(built.problems)
+            if before_replace is not None:
+                before_replace(new_doc, built.collections)
             _atomic_write(self._abs, data)
             sig = _stat_sig(self._path)
             assert sig is not None
             return sig, hashlib.sha256(data).hexdigest(), built
-        finally:
-            os.close(lock_fd)  # releases the flock
 
     def _document_for_write(self, raw: bytes | None) -> dict[str, Any]:
         """The file as written (no env substitution), refusing one we could not round-trip."""
