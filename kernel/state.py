@@ -137,6 +137,8 @@ def item_problems(
 ) -> list[tuple[str, str]]:
     """``(field path below the item, message)`` for each problem of one item."""
     kind = _KINDS.get(collection)
+    if kind == "consumer" and "/credentials/" in str(item.get("id", "")):
+        kind = "credential"  # ``<username>/credentials/<id>`` items (spec §3.1)
     if kind is not None:
         try:
             schemas.validate_resource(kind, item)

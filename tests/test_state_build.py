@@ -78,3 +78,13 @@ def test_validator_reports_index_paths_and_rechecks_changed_items(registry: Plug
     assert [p.path for p in problems] == ["routes[0].methods"]
     fixed = dict(bad, methods=["GET"])
     assert validate(snap(routes=[fixed, good]), registry) == []
+
+
+def test_credentials_are_validated_as_credentials(registry: PluginRegistry) -> None:
+    validate = SnapshotValidator()
+    consumer = {"username": "jack"}
+    credential = {"id": "jack/credentials/c1", "plugins": {}}
+    assert validate(snap(consumers=[consumer, credential]), registry) == []
+    bad = {"id": "jack/credentials/c2", "plugins": {}, "username": "x"}
+    problems = validate(snap(consumers=[consumer, bad]), registry)
+    assert [p.path for p in problems] == ["consumers[1]"]
