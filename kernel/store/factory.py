@@ -69,7 +69,7 @@ def make_stores(cfg: Config, validate: Validate) -> Stores:
             dict(cfg.get("deployment.etcd") or {}),
             validate=validate,
             read_only=not writable,
-            trusted_ca=_trusted_ca(cfg),
+            ssl_trusted_certificate=_trusted_ca(cfg),
         )
         return Stores(etcd, etcd if writable else None)
     from kernel.store.yaml_file import YamlFileStore
