@@ -199,8 +199,9 @@ def test_nginx_on_off_unquoted(tmp_path):
 
 def test_shipped_config_runs_without_external_service():
     cfg = load_config(REPO / "conf" / "config.yaml", env={})
-    assert cfg.get("deployment.role") == "data_plane"
-    assert cfg.get("deployment.role_data_plane.config_provider") == "yaml"
+    # embedded mode: proxy + Admin API, config persisted to apisix.yaml (no etcd)
+    assert cfg.get("deployment.role") == "traditional"
+    assert cfg.get("deployment.role_traditional.config_provider") == "yaml"
     assert cfg.get("apisix.node_listen") == [9080]
     assert cfg.conf_dir == REPO / "conf"
     assert cfg.resolve(cfg.get("apisix.standalone_file")) == REPO / "conf" / "apisix.yaml"
