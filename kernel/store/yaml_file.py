@@ -79,7 +79,7 @@ class YamlFileStore(ConfigStore):
         validate: Validate | None = None,
         env: Mapping[str, str] | None = None,
         poll_interval: float = 1.0,
-        debounce: float = 0.05,
+        debounce: float = 0.02,
         logger: logging.Logger | None = None,
         use_watchdog: bool = True,
     ) -> None:
