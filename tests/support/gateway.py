@@ -115,6 +115,17 @@ class GatewayProcess:
             raise RuntimeError("gateway did not start:\n" + self.logs()) from None
         return self
 
+    def start_background(self, doc: dict[str, Any] | str | None = None) -> GatewayProcess:
+        """Start without waiting for the proxy port (a control plane has none)."""
+        if doc is not None:
+            self.write_apisix(doc)
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "kernel.cli", "start", "-c", str(self.conf / "config.yaml")],
+            cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "wb"), env=env,
+        )
+        return self
+
     def logs(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 

@@ -1,0 +1,106 @@
+"""Gateway processes sharing a real etcd: Admin writes on one, served by another; etcd faults."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.etcd import EtcdServer
+from tests.support.gateway import GatewayProcess, wait_until
+from tests.support.upstream import free_port
+from tests.test_e2e_admin import KEY, admin
+
+
+@pytest.fixture
+def etcd() -> Iterator[EtcdServer]:
+    server = EtcdServer().start()
+    yield server
+    server.cleanup()
+
+
+def control(etcd: EtcdServer, admin_port: int, role: str = "traditional") -> dict[str, Any]:
+    return {"deployment": {
+        "role": role, f"role_{role}": {"config_provider": "etcd"},
+        "etcd": {"host": [etcd.endpoint], "prefix": "/apisix", "resync_delay": 0.2},
+        "admin": {"admin_listen": {"ip": "127.0.0.1", "port": admin_port},
+                  "admin_key": [{"name": "admin", "key": KEY, "role": "admin"}]},
+    }}
+
+
+def data_plane(etcd: EtcdServer) -> dict[str, Any]:
+    return {"deployment": {
+        "role": "data_plane", "role_data_plane": {"config_provider": "etcd"},
+        "etcd": {"host": [etcd.endpoint], "prefix": "/apisix", "resync_delay": 0.2},
+    }}
+
+
+def node(up: Any) -> dict[str, Any]:
+    return {"type": "roundrobin", "nodes": {f"127.0.0.1:{up.port}": 1}}
+
+
+def test_control_plane_write_reaches_two_data_planes(tmp_path: Path, etcd: EtcdServer,
+                                                     upstream: Any) -> None:
+    port = free_port()
+    cp = GatewayProcess(tmp_path / "cp", control(etcd, port, "control_plane"))
+    dp1 = GatewayProcess(tmp_path / "dp1", data_plane(etcd))
+    dp2 = GatewayProcess(tmp_path / "dp2", data_plane(etcd))
+    try:
+        cp.start_background()
+        dp1.start()
+        dp2.start()
+        wait_until(lambda: admin(port, "GET", "/routes")[0] == 200, timeout=15)
+        status, body = admin(port, "PUT", "/routes/1", {"uri": "/hello", "upstream": node(upstream)})
+        assert status == 201, body
+        for dp in (dp1, dp2):
+            wait_until(lambda dp=dp: dp.get("/hello").status == 200, timeout=2)
+        # the control plane has no proxy port
+        with pytest.raises(OSError):
+            cp.get("/hello", timeout=1)
+        status, _ = admin(port, "DELETE", "/routes/1")
+        assert status == 200
+        for dp in (dp1, dp2):
+            wait_until(lambda dp=dp: dp.get("/hello").status == 404, timeout=2)
+    finally:
+        for g in (dp2, dp1, cp):
+            g.stop()
+
+
+def test_etcd_down_keeps_serving_and_admin_answers_503(tmp_path: Path, etcd: EtcdServer,
+                                                       upstream: Any) -> None:
+    port = free_port()
+    gw = GatewayProcess(tmp_path / "gw", control(etcd, port))
+    dp = GatewayProcess(tmp_path / "dp", data_plane(etcd))
+    try:
+        gw.start()
+        dp.start()
+        assert admin(port, "PUT", "/routes/1", {"uri": "/hello", "upstream": node(upstream)})[0] == 201
+        wait_until(lambda: dp.get("/hello").status == 200, timeout=2)
+        etcd.stop()
+        time.sleep(0.5)
+        assert dp.get("/hello").status == 200  # last good config keeps serving
+        assert gw.get("/hello").status == 200
+        status, body = admin(port, "PUT", "/routes/2", {"uri": "/two", "upstream": node(upstream)})
+        assert status == 503 and body["error_msg"]
+        etcd.restart()
+        wait_until(lambda: admin(port, "PUT", "/routes/2",
+                                 {"uri": "/two", "upstream": node(upstream)})[0] in (200, 201),
+                   timeout=15)
+        wait_until(lambda: dp.get("/two").status == 200, timeout=10)
+        assert dp.get("/hello").status == 200
+    finally:
+        dp.stop()
+        gw.stop()
+
+
+def test_data_plane_refuses_admin_and_writes(tmp_path: Path, etcd: EtcdServer) -> None:
+    dp = GatewayProcess(tmp_path / "dp", data_plane(etcd))
+    dp.start()
+    try:
+        assert dp.get("/anything").status == 404
+        assert "Admin API listening" not in dp.logs()
+    finally:
+        dp.stop()
