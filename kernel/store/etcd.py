@@ -281,13 +281,29 @@ class EtcdStore(ConfigStore, ResourceStore):
         return tuple(names)
 
     def _snapshot_of(
-        self, items: Mapping[str, _Item], plugins: tuple[str, ...] | None, version: str
+        self,
+        items: Mapping[str, _Item],
+        plugins: tuple[str, ...] | None,
+        version: str,
+        dirty: set[str] | None = None,
+        base: Snapshot | None = None,
     ) -> tuple[Snapshot, dict[str, list[str]]]:
-        """The snapshot of ``items`` and, per collection, the key of each position."""
-        per: dict[str, list[tuple[int, str, _Item]]] = {name: [] for name in COLLECTIONS}
+        """The snapshot of ``items`` and, per collection, the key of each position.
+
+        With ``base`` and ``dirty``, collections not in ``dirty`` are taken from ``base`` as
+        they are (an event touching one route re-sorts the routes only).
+        """
+        names = COLLECTIONS if dirty is None or base is None else tuple(dirty)
+        per: dict[str, list[tuple[int, str, _Item]]] = {name: [] for name in names}
         for key, it in items.items():
-            per[it.collection].append((it.create_revision, key, it))
-        collections: dict[str, list[dict[str, Any]]] = {}
+            bucket = per.get(it.collection)
+            if bucket is not None:
+                bucket.append((it.create_revision, key, it))
+        collections: dict[str, Any] = (
+            {name: base.items(name) for name in COLLECTIONS}
+            if dirty is not None and base is not None
+            else {}
+        )
         index: dict[str, list[str]] = {}
         for name, entries in per.items():
             entries.sort(key=lambda e: (e[0], e[1]))
@@ -352,8 +368,13 @@ class EtcdStore(ConfigStore, ResourceStore):
             except _BadValue as e:
                 self._reject(key, rec, str(e), prev, candidate)
         if self._validate is not None and (touched or changed is None or plugins_changed):
+            # Items are validated one by one (no check spans items), so an event batch only
+            # needs its own items checked.
+            scope = candidate if changed is None or plugins_changed else {
+                k: candidate[k] for k in touched if k in candidate
+            }
             for _ in range(8):
-                snapshot, index = self._snapshot_of(candidate, plugins, "candidate")
+                snapshot, index = self._snapshot_of(scope, plugins, "candidate")
                 try:
                     problems = await asyncio.to_thread(self._validate, snapshot)
                 except Exception as e:
@@ -374,6 +395,8 @@ class EtcdStore(ConfigStore, ResourceStore):
                     message = f"{sub}: {p.message}" if sub else p.message
                     before = candidate.get(found)
                     self._reject(found, self._kvs.get(found), message, old.get(found), candidate)
+                    if scope is not candidate:
+                        scope.pop(found, None)
                     progressed = progressed or candidate.get(found) is not before
                 if not progressed:
                     break
@@ -381,7 +404,10 @@ class EtcdStore(ConfigStore, ResourceStore):
         self._accepted = candidate
         self._plugins = plugins
         if effective:
-            self._commit()
+            dirty = None
+            if changed is not None:
+                dirty = {w[0] for w in map(self._classify, keys) if w is not None}
+            self._commit(dirty)
         return effective
 
     def _reject(
@@ -401,8 +427,10 @@ class EtcdStore(ConfigStore, ResourceStore):
             candidate.pop(key, None)
             self._log.error("etcd %s: %s; item left out", key, message)
 
-    def _commit(self) -> None:
-        snapshot, _ = self._snapshot_of(self._accepted, self._plugins, f"etcd:{self._revision}")
+    def _commit(self, dirty: set[str] | None = None) -> None:
+        snapshot, _ = self._snapshot_of(
+            self._accepted, self._plugins, f"etcd:{self._revision}", dirty, self._current
+        )
         previous = self._current
         self._current = snapshot
         if not self._safe_on_change(snapshot):
