@@ -250,11 +250,13 @@ class Proxy:
     def finish_sync(self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext) -> None:
         """The response is written: log phase, access log, next request on the connection."""
         self.inflight -= 1
-        ctx.end_time = self.loop.time()
         chain = ctx.chain
         if chain.log:
+            ctx.end_time = self.loop.time()
             run_response_phase(chain.log, ctx)
         if self.access_log is not None:
+            if ctx.end_time is None:
+                ctx.end_time = self.loop.time()
             self.access_log.write(ctx)
         if req.upgrade and req.upgrade_data and not proto.is_tunnel():
             proto.resume_http(req.upgrade_data)
@@ -499,20 +501,17 @@ class Proxy:
         ctx.upstream_host_sent = host
         ctx.upstream_uri_sent = target
         block = req.forward_block if changes is None else self._changed_headers(req, changes)
-        client = req.client_ip.encode()
+        conn = req.conn
+        client = conn.peer_ip_bytes if req.client_ip is conn.peer_ip else req.client_ip.encode()
         xff = req.xff
-        hh = req.host_header
-        port = None
-        if hh and not hh.endswith("]") and ":" in hh:
-            port = hh.rsplit(":", 1)[1]
+        forwarded = conn.forwarded_host(req.host_header, ctx.host)
         parts = [
             b"%s %s HTTP/1.1\r\nHost: %s\r\n%sX-Real-IP: %s\r\nX-Forwarded-For: %s\r\n"
             b"X-Forwarded-Proto: %s\r\nX-Forwarded-Host: %s\r\nX-Forwarded-Port: %s\r\n"
             % (
                 method.encode(), target.encode("latin-1"), host.encode("latin-1"), block, client,
-                (xff + b", " + client) if xff else client, req.scheme.encode(),
-                hh.encode("latin-1") if hh else ctx.host.encode(),
-                (port or str(req.server_port)).encode(),
+                (xff + b", " + client) if xff else client, conn.scheme_bytes,
+                forwarded[0], forwarded[1],
             )
         ]
         if tunnel:

@@ -290,8 +290,10 @@ class HttpProtocol(asyncio.Protocol):
 
     __slots__ = (
         "_active",
+        "_armed",
         "_body_paused",
         "_drain_waiters",
+        "_forwarded",
         "_handler",
         "_header_bytes",
         "_headers",
@@ -300,7 +302,7 @@ class HttpProtocol(asyncio.Protocol):
         "_parsing",
         "_pipeline",
         "_reading_paused",
-        "_since",
+        "_transitions",
         "_state",
         "_timer",
         "_url",
@@ -310,9 +312,11 @@ class HttpProtocol(asyncio.Protocol):
         "listener_port",
         "on_write_resumed",
         "peer_ip",
+        "peer_ip_bytes",
         "peer_port",
         "real_ip",
         "scheme",
+        "scheme_bytes",
         "server_addr",
         "server_port",
         "tracker",
@@ -341,7 +345,8 @@ class HttpProtocol(asyncio.Protocol):
         self._active: HttpRequest | None = None
         self._pipeline: collections.deque[HttpRequest] = collections.deque()
         self._state = _IDLE
-        self._since = 0.0
+        self._transitions = 0
+        self._armed = -1
         self._timer: asyncio.TimerHandle | None = None
         self._write_paused = False
         self._reading_paused = False
@@ -364,8 +369,26 @@ class HttpProtocol(asyncio.Protocol):
             self.server_addr, self.server_port = sock[0], sock[1]
         else:
             self.server_addr, self.server_port = "unix:", 0
+        self.peer_ip_bytes = self.peer_ip.encode()
+        self.scheme_bytes = self.scheme.encode()
+        self._forwarded: tuple[str | None, tuple[bytes, bytes]] | None = None
         self.tracker.add(self)
         self._enter(_IDLE)
+
+    def forwarded_host(self, host_header: str | None, host: str) -> tuple[bytes, bytes]:
+        """``X-Forwarded-Host`` / ``X-Forwarded-Port`` values, cached per connection."""
+        cached = self._forwarded
+        if cached is not None and cached[0] == host_header:
+            return cached[1]
+        port = None
+        if host_header and not host_header.endswith("]") and ":" in host_header:
+            port = host_header.rsplit(":", 1)[1]
+        value = (
+            host_header.encode("latin-1") if host_header else host.encode(),
+            (port or str(self.server_port)).encode(),
+        )
+        self._forwarded = (host_header, value)
+        return value
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -427,25 +450,28 @@ class HttpProtocol(asyncio.Protocol):
         return self._active is None and self._parsing is None
 
     # --- timeouts: one lazily re-armed timer per connection ---------------------------------
+    # A state change costs a counter increment, not a clock read or a timer: the timer checks
+    # whether the connection moved on since it was armed, so a timeout fires between one and
+    # two timeout periods after the state began.
     def _enter(self, state: int) -> None:
         self._state = state
-        self._since = self._loop.time()
+        self._transitions += 1
         if self._timer is None and state != _BUSY:
-            self._arm(self._timeout_for(state))
+            self._arm()
 
     def _timeout_for(self, state: int) -> float:
         return self.limits.keepalive_timeout if state == _IDLE else self.limits.header_timeout
 
-    def _arm(self, delay: float) -> None:
-        self._timer = self._loop.call_later(delay, self._on_timer)
+    def _arm(self) -> None:
+        self._armed = self._transitions
+        self._timer = self._loop.call_later(self._timeout_for(self._state), self._on_timer)
 
     def _on_timer(self) -> None:
         self._timer = None
         if self.closed or self._state == _BUSY:
             return
-        remaining = self._since + self._timeout_for(self._state) - self._loop.time()
-        if remaining > 0:
-            self._arm(remaining)
+        if self._transitions != self._armed:
+            self._arm()
             return
         if self._state == _HEADERS:
             self._reject(408, "client header timeout")
