@@ -83,7 +83,6 @@ class RequestContext:
     request: HttpRequest
     host: str
     uri: str
-    var: Vars
     route: Mapping[str, Any] | None = None
     route_id: str | None = None
     service: Mapping[str, Any] | None = None
@@ -116,7 +115,18 @@ class RequestContext:
         self.request = request
         self.host = host
         self.uri = request.path
-        self.var = Vars(self)
+
+    @property
+    def var(self) -> Vars:
+        """``ctx.var``, made on first use (most proxied requests never read a variable)."""
+        v = self.__dict__.get("_var")
+        if v is None:
+            v = self.__dict__["_var"] = Vars(self)
+        return v
+
+    def get(self, name: str, default: Any = None) -> Any:
+        """``ctx.var.get``: lets routers and balancers take the context as their variables."""
+        return self.var.get(name, default)
 
     @property
     def shared(self) -> dict[str, Any]:

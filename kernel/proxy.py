@@ -74,18 +74,6 @@ class _Date:
         return self._value
 
 
-def _host_of(header: str | None, fallback: str) -> str:
-    """``$host``: the Host header lower-cased without its port."""
-    if not header:
-        return fallback
-    h = header.lower()
-    if h.startswith("["):
-        end = h.find("]")
-        return h[: end + 1] if end > 0 else h
-    colon = h.find(":")
-    return h if colon < 0 else h[:colon]
-
-
 class Proxy:
     """Serves requests against the gateway's current state."""
 
@@ -121,12 +109,12 @@ class Proxy:
         """
         state: GatewayState = self._get_state()
         self.inflight += 1
-        ctx = RequestContext(req, _host_of(req.host_header, req.server_addr))
+        ctx = RequestContext(req, req.conn.host_of(req.host_header))
         uri = req.path
         if self.delete_uri_tail_slash and len(uri) > 1 and uri[-1] == "/":
             uri = ctx.uri = uri[:-1]
         match = state.router.match(uri, req.method, ctx.host, req.host_header, req.client_ip,
-                                   ctx.var)
+                                   ctx)
         if match is None:
             self.loop.create_task(self.handle(proto, req, ctx, None, state))
             return
@@ -164,7 +152,7 @@ class Proxy:
             ctx.chain = chain
         upstream = route.upstream
         assert upstream is not None and upstream.picker is not None
-        node = upstream.picker.pick(ctx.var, None)
+        node = upstream.picker.pick(ctx, None)
         if node is None:
             self.loop.create_task(self._forward_task(proto, req, ctx, route, None))
             return True

@@ -297,6 +297,7 @@ class HttpProtocol(asyncio.Protocol):
         "_handler",
         "_header_bytes",
         "_headers",
+        "_host",
         "_loop",
         "_parser",
         "_parsing",
@@ -372,8 +373,27 @@ class HttpProtocol(asyncio.Protocol):
         self.peer_ip_bytes = self.peer_ip.encode()
         self.scheme_bytes = self.scheme.encode()
         self._forwarded: tuple[str | None, tuple[bytes, bytes]] | None = None
+        self._host: tuple[str | None, str] | None = None
         self.tracker.add(self)
         self._enter(_IDLE)
+
+    def host_of(self, host_header: str | None) -> str:
+        """``$host``: the Host header lower-cased without its port (cached per connection)."""
+        cached = self._host
+        if cached is not None and cached[0] == host_header:
+            return cached[1]
+        if not host_header:
+            host = self.server_addr
+        else:
+            h = host_header.lower()
+            if h.startswith("["):
+                end = h.find("]")
+                host = h[: end + 1] if end > 0 else h
+            else:
+                colon = h.find(":")
+                host = h if colon < 0 else h[:colon]
+        self._host = (host_header, host)
+        return host
 
     def forwarded_host(self, host_header: str | None, host: str) -> tuple[bytes, bytes]:
         """``X-Forwarded-Host`` / ``X-Forwarded-Port`` values, cached per connection."""

@@ -35,6 +35,7 @@ class UpstreamRuntime:
     """The request-path form of one upstream configuration."""
 
     __slots__ = (
+        "_keys",
         "_resolved",
         "conf",
         "has_domain",
@@ -68,6 +69,7 @@ class UpstreamRuntime:
             conf, self.nodes
         )
         self._resolved: tuple[tuple[tuple[str, int], ...], Picker] | None = None
+        self._keys: dict[Node, tuple[object, ...]] = {}
         self.pass_host: str = conf.get("pass_host", "pass")
         self.upstream_host: str | None = conf.get("upstream_host")
         self.timeouts = Timeouts.from_conf(conf.get("timeout")) or Timeouts()
@@ -95,7 +97,10 @@ class UpstreamRuntime:
     def key_for(self, node: Node, sni: str | None = None) -> tuple[object, ...]:
         """The keep-alive pool key of ``node`` (TLS connections are also keyed by SNI)."""
         if self.ssl_context is None:
-            return (self.scheme, node.host, node.port, None)
+            key = self._keys.get(node)
+            if key is None:
+                key = self._keys[node] = (self.scheme, node.host, node.port, None)
+            return key
         return (self.scheme, node.host, node.port, sni)
 
     async def picker_for(self, resolver: Resolver) -> Picker | None:
