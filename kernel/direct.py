@@ -71,9 +71,8 @@ class DirectExchange:
     def start(self, request_head: bytes, read_timeout: float) -> None:
         conn = self.conn
         conn.begin(skip_body=self.req.method == "HEAD", listener=self)
-        self.started = self.proxy.loop.time()
         conn.write(request_head)
-        self.proxy.pool.deadlines.watch(conn, read_timeout)
+        self.started = self.proxy.pool.deadlines.watch(conn, read_timeout)
 
     # --- Listener -------------------------------------------------------------------------
     def on_head(self) -> None:

@@ -52,6 +52,11 @@ HOP_BY_HOP = frozenset(
 and the ``X-Forwarded-*``/``X-Real-IP``/``Forwarded`` headers it sets itself."""
 
 
+_METHODS = {m.encode(): m for m in (
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "PURGE",
+)}
+
+
 class ProtocolError(Exception):
     """A request the server refuses before any handler runs."""
 
@@ -316,6 +321,7 @@ class HttpProtocol(asyncio.Protocol):
         "peer_ip_bytes",
         "peer_port",
         "real_ip",
+        "real_ip_name",
         "scheme",
         "scheme_bytes",
         "server_addr",
@@ -371,6 +377,7 @@ class HttpProtocol(asyncio.Protocol):
         else:
             self.server_addr, self.server_port = "unix:", 0
         self.peer_ip_bytes = self.peer_ip.encode()
+        self.real_ip_name = self.real_ip.header
         self.scheme_bytes = self.scheme.encode()
         self._forwarded: tuple[str | None, tuple[bytes, bytes]] | None = None
         self._host: tuple[str | None, str] | None = None
@@ -549,7 +556,8 @@ class HttpProtocol(asyncio.Protocol):
     def on_headers_complete(self) -> None:
         parser = self._parser
         req = HttpRequest(self, self._loop.time())
-        req.method = parser.get_method().decode("ascii")
+        method = parser.get_method()
+        req.method = _METHODS.get(method) or method.decode("ascii")
         req.version = parser.get_http_version()
         req.keep_alive = parser.should_keep_alive()
         req.upgrade = parser.should_upgrade()
@@ -557,13 +565,15 @@ class HttpProtocol(asyncio.Protocol):
         raw_uri = self._url.decode("latin-1")
         req.raw_uri = raw_uri
         path, req.query_string = split_target(raw_uri)
-        try:
-            req.path = normalize_path(path)
-        except BadURI as err:
-            raise ProtocolError(400, str(err)) from None
+        if "%" in path or "/." in path or "//" in path:
+            try:
+                path = normalize_path(path)
+            except BadURI as err:
+                raise ProtocolError(400, str(err)) from None
+        req.path = path
         req.bytes_received = len(self._url) + self._header_bytes + 4 * len(headers) + 16
         host = None
-        real_ip_name = self.real_ip.header
+        real_ip_name = self.real_ip_name
         real_ip_value = None
         has_body = False
         expect_continue = False

@@ -11,6 +11,9 @@ class BadURI(ValueError):
 
 def split_target(target: str) -> tuple[str, str]:
     """``/a/b?x=1`` → (``/a/b``, ``x=1``). An absolute-form target keeps only its path."""
+    if target[:1] == "/":
+        q = target.find("?")
+        return (target, "") if q < 0 else (target[:q], target[q + 1 :])
     if not target.startswith("/"):
         scheme_end = target.find("://")
         if scheme_end > 0:

@@ -333,12 +333,14 @@ class ReadDeadlines:
         self._timeouts: dict[UpstreamConnection, float] = {}
         self._ticking = False
 
-    def watch(self, conn: UpstreamConnection, timeout: float) -> None:
-        conn.last_read = self._loop.time()
+    def watch(self, conn: UpstreamConnection, timeout: float) -> float:
+        """Start timing ``conn``'s reads; returns the loop time it started at."""
+        now = conn.last_read = self._loop.time()
         self._timeouts[conn] = timeout
         if not self._ticking:
             self._ticking = True
             self._loop.call_later(self._resolution, self._tick)
+        return now
 
     def unwatch(self, conn: UpstreamConnection) -> None:
         self._timeouts.pop(conn, None)
