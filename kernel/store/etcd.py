@@ -116,6 +116,8 @@ class EtcdStore(ConfigStore, ResourceStore):
         # read side state
         self._kvs: dict[str, _Rec] = {}
         self._accepted: dict[str, _Item] = {}
+        self._ordered: dict[str, dict[str, _Item]] = {}
+        """Accepted items per collection, in create-revision order (what snapshots list)."""
         self._plugins: tuple[str, ...] | None = None
         self._plugins_mod = 0
         self._rejected: dict[str, int] = {}  # key -> mod_revision found invalid (logged once)
@@ -281,29 +283,13 @@ class EtcdStore(ConfigStore, ResourceStore):
         return tuple(names)
 
     def _snapshot_of(
-        self,
-        items: Mapping[str, _Item],
-        plugins: tuple[str, ...] | None,
-        version: str,
-        dirty: set[str] | None = None,
-        base: Snapshot | None = None,
+        self, items: Mapping[str, _Item], plugins: tuple[str, ...] | None, version: str
     ) -> tuple[Snapshot, dict[str, list[str]]]:
-        """The snapshot of ``items`` and, per collection, the key of each position.
-
-        With ``base`` and ``dirty``, collections not in ``dirty`` are taken from ``base`` as
-        they are (an event touching one route re-sorts the routes only).
-        """
-        names = COLLECTIONS if dirty is None or base is None else tuple(dirty)
-        per: dict[str, list[tuple[int, str, _Item]]] = {name: [] for name in names}
+        """A snapshot of ``items`` (for validation) and, per collection, each position's key."""
+        per: dict[str, list[tuple[int, str, _Item]]] = {name: [] for name in COLLECTIONS}
         for key, it in items.items():
-            bucket = per.get(it.collection)
-            if bucket is not None:
-                bucket.append((it.create_revision, key, it))
-        collections: dict[str, Any] = (
-            {name: base.items(name) for name in COLLECTIONS}
-            if dirty is not None and base is not None
-            else {}
-        )
+            per[it.collection].append((it.create_revision, key, it))
+        collections: dict[str, list[dict[str, Any]]] = {}
         index: dict[str, list[str]] = {}
         for name, entries in per.items():
             entries.sort(key=lambda e: (e[0], e[1]))
@@ -400,14 +386,17 @@ class EtcdStore(ConfigStore, ResourceStore):
                     progressed = progressed or candidate.get(found) is not before
                 if not progressed:
                     break
-        effective = plugins != self._plugins or not _same(candidate, self._accepted)
+        if changed is None:
+            effective = plugins != self._plugins or not _same(candidate, self._accepted)
+        else:  # only the keys of this batch can differ
+            accepted = self._accepted
+            effective = plugins != self._plugins or any(
+                candidate.get(k) is not accepted.get(k) for k in keys
+            )
         self._accepted = candidate
         self._plugins = plugins
         if effective:
-            dirty = None
-            if changed is not None:
-                dirty = {w[0] for w in map(self._classify, keys) if w is not None}
-            self._commit(dirty)
+            self._commit(None if changed is None else keys)
         return effective
 
     def _reject(
@@ -427,10 +416,41 @@ class EtcdStore(ConfigStore, ResourceStore):
             candidate.pop(key, None)
             self._log.error("etcd %s: %s; item left out", key, message)
 
-    def _commit(self, dirty: set[str] | None = None) -> None:
-        snapshot, _ = self._snapshot_of(
-            self._accepted, self._plugins, f"etcd:{self._revision}", dirty, self._current
-        )
+    def _commit(self, changed: Iterable[str] | None = None) -> None:
+        """Publish the accepted items. ``changed``: the keys that may differ from the last
+        published snapshot (``None``: everything); only their collections are rebuilt, in
+        create-revision order kept up to date instead of re-sorted."""
+        ordered = self._ordered
+        if changed is None or not ordered:
+            ordered.clear()
+            for key, item in sorted(self._accepted.items(),
+                                    key=lambda kv: (kv[1].create_revision, kv[0])):
+                ordered.setdefault(item.collection, {})[key] = item
+            dirty: set[str] = set(COLLECTIONS)
+        else:
+            dirty = set()
+            for key in changed:
+                it = self._accepted.get(key)
+                if it is None:
+                    for coll in ordered.values():
+                        if coll.pop(key, None) is not None:
+                            break
+                    where = self._classify(key)
+                    if where is not None:
+                        dirty.add(where[0])
+                    continue
+                coll = ordered.setdefault(it.collection, {})
+                coll[key] = it  # an update keeps its place; a new key (newest) goes last
+                dirty.add(it.collection)
+        base = self._current
+        collections: dict[str, Any] = {}
+        for name in COLLECTIONS:
+            if name in dirty or base is None:
+                collections[name] = [it.item for it in ordered.get(name, {}).values()]
+            else:
+                collections[name] = base.items(name)
+        snapshot = Snapshot(f"etcd:{self._revision}", freeze_collections(collections),
+                            self._plugins)
         previous = self._current
         self._current = snapshot
         if not self._safe_on_change(snapshot):
