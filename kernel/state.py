@@ -281,7 +281,8 @@ def build_state(
         errors += [f"global_rules: {e}" for e in errs]
     cache.global_rules, cache.global_chain = global_raw, global_chain
 
-    service_upstreams: dict[str, UpstreamRuntime] = {}
+    build = _Build(services, raw_configs, upstreams, {}, registry, global_chain, pool, memo,
+                   errors)
     specs: list[RouteSpec] = []
     routes: dict[str, CompiledRoute] = {}
     for raw in snapshot.items("routes"):
@@ -302,10 +303,7 @@ def build_state(
         if hit is not None and hit[0] == deps:  # tuple ==: identity first, then value
             compiled, spec = hit[1], hit[2]
         else:
-            compiled, spec = _compile_entry(
-                rid, raw, services, raw_configs, upstreams, service_upstreams, registry,
-                global_chain, pool, memo, errors,
-            )
+            compiled, spec = _compile_entry(rid, raw, build)
         cache.routes[rid] = (deps, compiled, spec)
         if compiled is not None and spec is not None:
             routes[rid] = compiled
@@ -328,27 +326,30 @@ def build_state(
     )
 
 
+@dataclass(slots=True)
+class _Build:
+    """What compiling one route needs from the rest of the snapshot (one per build)."""
+
+    services: Mapping[str, dict[str, Any]]
+    plugin_configs: Mapping[str, dict[str, Any]]
+    upstreams: Mapping[str, UpstreamRuntime]
+    service_upstreams: dict[str, UpstreamRuntime]
+    registry: PluginRegistry
+    global_chain: Chain
+    pool: PoolSettings
+    memo: dict[Any, Any]
+    errors: list[str]
+
+
 def _compile_entry(
-    rid: str,
-    raw: dict[str, Any],
-    services: Mapping[str, dict[str, Any]],
-    plugin_configs: Mapping[str, dict[str, Any]],
-    upstreams: Mapping[str, UpstreamRuntime],
-    service_upstreams: dict[str, UpstreamRuntime],
-    registry: PluginRegistry,
-    global_chain: Chain,
-    pool: PoolSettings,
-    memo: dict[Any, Any],
-    errors: list[str],
+    rid: str, raw: dict[str, Any], b: _Build
 ) -> tuple[CompiledRoute | None, RouteSpec | None]:
     """One route: its compiled form and its router entry (``None``s when not loaded)."""
     route = schemas.with_defaults("route", raw)
     if route.get("status", 1) == 0:
         return None, None
-    compiled = _compile_route(
-        rid, route, services, plugin_configs, upstreams, service_upstreams, registry,
-        global_chain, pool, memo, errors,
-    )
+    compiled = _compile_route(rid, route, b)
+    errors = b.errors
     if compiled is None:
         return None, None
     service = compiled.service
@@ -378,19 +379,10 @@ def _compile_entry(
     return compiled, spec
 
 
-def _compile_route(
-    rid: str,
-    route: dict[str, Any],
-    services: Mapping[str, dict[str, Any]],
-    plugin_configs: Mapping[str, dict[str, Any]],
-    upstreams: Mapping[str, UpstreamRuntime],
-    service_upstreams: dict[str, UpstreamRuntime],
-    registry: PluginRegistry,
-    global_chain: Chain,
-    pool: PoolSettings,
-    memo: dict[Any, Any],
-    errors: list[str],
-) -> CompiledRoute | None:
+def _compile_route(rid: str, route: dict[str, Any], b: _Build) -> CompiledRoute | None:
+    services, plugin_configs, upstreams = b.services, b.plugin_configs, b.upstreams
+    service_upstreams, registry, pool, errors = b.service_upstreams, b.registry, b.pool, b.errors
+    global_chain, memo = b.global_chain, b.memo
     fail_status, fail_reason = 0, ""
     plugin_config = None
     if route.get("plugin_config_id") is not None:

@@ -101,13 +101,7 @@ class GatewayProcess:
         wait_until(lambda: self.get("/__probe").text == token, timeout)
 
     def start(self, doc: dict[str, Any] | str | None = None) -> GatewayProcess:
-        if doc is not None:
-            self.write_apisix(doc)
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "kernel.cli", "start", "-c", str(self.conf / "config.yaml")],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(self.log_path, "wb"), env=env,
-        )
+        self.start_background(doc)
         try:
             wait_port(self.port)
         except TimeoutError:
