@@ -416,6 +416,27 @@ def _candidates(entries: list[_Entry]) -> _Cands | None:
     return ordered
 
 
+class _CandsCache:
+    """Candidate lists of the previous build, reused for keys whose entries did not change
+    (the entries themselves are reused per unchanged route, so an identical tuple of entries
+    means an identical candidate list)."""
+
+    __slots__ = ("new", "old")
+
+    def __init__(self, old: dict[tuple[_Entry, ...], _Cands | None]) -> None:
+        self.old = old
+        self.new: dict[tuple[_Entry, ...], _Cands | None] = {}
+
+    def candidates(self, entries: list[_Entry]) -> _Cands | None:
+        key = tuple(entries)
+        try:
+            cands = self.old[key]
+        except KeyError:
+            cands = _candidates(entries)
+        self.new[key] = cands
+        return cands
+
+
 def _resolve(
     cands: _Cands,
     path: str,
@@ -500,7 +521,10 @@ class _UriTree:
     )
 
     def __init__(
-        self, entries: list[tuple[_Entry, str | None]], hosts: _HostTrees | None = None
+        self,
+        entries: list[tuple[_Entry, str | None]],
+        hosts: _HostTrees | None = None,
+        cache: _CandsCache | None = None,
     ) -> None:
         if hosts is None and any(entry.hosts is not None for entry, _key in entries):
             hosts = _HostTrees({}, None)  # host conditions: lower-case the request host
@@ -512,15 +536,16 @@ class _UriTree:
                 exact.setdefault(entry.path_org, []).append(entry)
             else:
                 prefix.setdefault(key, []).append(entry)
+        candidates = cache.candidates if cache is not None else _candidates
         exact_map: dict[str, _Cands] = {}
         for p, es in exact.items():
-            cands = _candidates(es)
+            cands = candidates(es)
             if cands is not None:
                 exact_map[p] = cands
         self.exact = exact_map or None
         pmap: dict[str, _Cands] = {}
         for k, es in prefix.items():
-            cands = _candidates(es)
+            cands = candidates(es)
             if cands is not None:
                 pmap[k] = cands
         self.root = pmap.pop("/", None)
@@ -762,7 +787,8 @@ class Router:
     ``:param`` segments).
     """
 
-    __slots__ = ("_count", "_entries", "kind", "match")
+    __slots__ = ("_cands", "_count", "_entries", "kind", "match")
+    _cands: dict[tuple[_Entry, ...], _Cands | None]
 
     match: _MatchFn
     """``match(uri, method, host, raw_host, remote_addr, var) -> Match | None``: find the route
@@ -790,7 +816,10 @@ class Router:
         self.kind = kind
         specs = list(routes)
         self._count = len(specs)
-        old = previous._entries if previous is not None and previous.kind == kind else {}
+        same = previous is not None and previous.kind == kind
+        old = previous._entries if previous is not None and same else {}
+        cache = _CandsCache(previous._cands if previous is not None and same else {})
+        self._cands = cache.new
         self._entries: dict[int, tuple[RouteSpec, list[tuple[_Entry, str | None, str]]]] = {}
         with_param = kind == "radixtree_uri_with_parameter"
         if kind != "radixtree_host_uri":
@@ -798,7 +827,7 @@ class Router:
             for spec in specs:
                 for entry, key, _label in self._entries_of(spec, old, with_param, False):
                     regs.append((entry, key))
-            self.match = _UriTree(regs).matcher()
+            self.match = _UriTree(regs, None, cache).matcher()
             return
 
         no_host: list[tuple[_Entry, str | None]] = []
@@ -812,7 +841,7 @@ class Router:
         host_exact: dict[str, _MatchFn] = {}
         wild: dict[str, list[tuple[str, _MatchFn]]] = {}
         for label, regs in by_host.items():
-            tree = _UriTree(regs).matcher()
+            tree = _UriTree(regs, None, cache).matcher()
             if "*" not in label:
                 host_exact[label] = tree
                 continue
@@ -830,7 +859,7 @@ class Router:
             else None
         )
         hosts = _HostTrees(host_exact, host_wild) if by_host else None
-        self.match = _UriTree(no_host, hosts).matcher()
+        self.match = _UriTree(no_host, hosts, cache).matcher()
 
     def _entries_of(
         self,

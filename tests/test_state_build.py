@@ -88,3 +88,24 @@ def test_credentials_are_validated_as_credentials(registry: PluginRegistry) -> N
     bad = {"id": "jack/credentials/c2", "plugins": {}, "username": "x"}
     problems = validate(snap(consumers=[consumer, bad]), registry)
     assert [p.path for p in problems] == ["consumers[1]"]
+
+
+def test_rebuild_with_a_changed_route_on_a_shared_path(registry: PluginRegistry) -> None:
+    routes = [
+        {"id": "low", "uri": "/same", "priority": 1, "upstream": up(1)},
+        {"id": "high", "uri": "/same", "priority": 2, "upstream": up(2)},
+        {"id": "other", "uri": "/other/*", "upstream": up(3)},
+    ]
+    first = build_state(snap(routes=routes), registry)
+    m = first.router.match("/same", "GET", None, None, "127.0.0.1", {})
+    assert m is not None and m.spec.id == "high"
+    flipped = [dict(routes[0], priority=3), routes[1], routes[2]]
+    second = build_state(snap(routes=flipped), registry, previous=first.cache)
+    m = second.router.match("/same", "GET", None, None, "127.0.0.1", {})
+    assert m is not None and m.spec.id == "low"
+    m = second.router.match("/other/x", "GET", None, None, "127.0.0.1", {})
+    assert m is not None and m.spec.id == "other"
+    removed = [routes[1], routes[2]]
+    third = build_state(snap(routes=removed), registry, previous=second.cache)
+    m = third.router.match("/same", "GET", None, None, "127.0.0.1", {})
+    assert m is not None and m.spec.id == "high"
