@@ -177,7 +177,7 @@ async def _serve(cfg: Config, slot: int = 0, supervised: bool = False) -> int:
             log.error("reload refused: %s", err)
             return
         gateway.reload_plugins(new_cfg)
-        refreshing.add(loop.create_task(gateway.store.refresh()))
+        refreshing.add(loop.create_task(gateway.after_plugin_reload()))
         for task in [t for t in refreshing if t.done()]:
             refreshing.discard(task)
 

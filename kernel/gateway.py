@@ -209,6 +209,7 @@ class Gateway:
         await self.store.start(self._on_snapshot)
         if self.resources is not None and self.slot == 0:
             await self._start_admin()
+            await self.publish_plugins()
         if mode(self.cfg)[0] == "control_plane":
             return
         if sockets is None:
@@ -257,7 +258,24 @@ class Gateway:
             log.error("plugin reload refused: %s", err)
             return
         self.reload_plugins(cfg)
+        await self.after_plugin_reload()
+
+    async def after_plugin_reload(self) -> None:
+        """Re-check the stored config against the new plugin set and, on the admin worker of
+        an etcd node, publish the list at ``<prefix>/plugins`` so data planes follow."""
         await self.store.refresh()
+        await self.publish_plugins()
+
+    async def publish_plugins(self) -> None:
+        if self.resources is None or self.slot != 0 or mode(self.cfg)[1] != "etcd":
+            return
+        names = self._plugin_names(None)
+        try:
+            await self.resources.put(
+                f"{self.resources.prefix}/plugins", [{"name": name} for name in names]
+            )
+        except Exception as err:  # the store logs and retries its own connection
+            log.error("cannot publish the plugin list to etcd: %s", err)
 
     def _protocol(self) -> HttpProtocol:
         return HttpProtocol(self.proxy.dispatch, self.limits, self.real_ip, self.connections)

@@ -104,3 +104,39 @@ def test_data_plane_refuses_admin_and_writes(tmp_path: Path, etcd: EtcdServer) -
         assert "Admin API listening" not in dp.logs()
     finally:
         dp.stop()
+
+
+def test_data_planes_follow_the_control_planes_plugin_list(tmp_path: Path, etcd: EtcdServer,
+                                                           upstream: Any) -> None:
+    port = free_port()
+    cp = GatewayProcess(tmp_path / "cp", control(etcd, port, "control_plane"))
+    dp = GatewayProcess(tmp_path / "dp", data_plane(etcd))
+    try:
+        cp.start_background()
+        dp.start()
+        wait_until(lambda: admin(port, "GET", "/routes")[0] == 200, timeout=15)
+        route = {"uri": "/fi", "upstream": node(upstream),
+                 "plugins": {"fault-injection": {"abort": {"http_status": 201}}}}
+        assert admin(port, "PUT", "/routes/1", route)[0] == 201
+        wait_until(lambda: dp.get("/fi").status == 201, timeout=3)
+        # the control plane drops fault-injection and reloads: the data plane follows
+        import yaml
+
+        conf = yaml.safe_load((cp.conf / "config.yaml").read_text())
+        conf["plugins"] = ["proxy-rewrite"]
+        (cp.conf / "config.yaml").write_text(yaml.safe_dump(conf))
+        status, body = admin(port, "PUT", "/plugins/reload")
+        assert status == 200 and body == b"done\n"  # ngx.say, as APISIX
+        wait_until(lambda: dp.get("/fi").status == 200, timeout=5)  # plugin ignored, proxied
+        assert etcd_plugins(etcd) == [{"name": "proxy-rewrite"}]
+    finally:
+        dp.stop()
+        cp.stop()
+
+
+def etcd_plugins(etcd: EtcdServer) -> Any:
+    import base64
+    import json
+
+    reply = etcd.call("/v3/kv/range", {"key": base64.b64encode(b"/apisix/plugins").decode()})
+    return json.loads(base64.b64decode(reply["kvs"][0]["value"]))
