@@ -53,7 +53,8 @@ def test_control_plane_write_reaches_two_data_planes(tmp_path: Path, etcd: EtcdS
         dp1.start()
         dp2.start()
         wait_until(lambda: admin(port, "GET", "/routes")[0] == 200, timeout=15)
-        status, body = admin(port, "PUT", "/routes/1", {"uri": "/hello", "upstream": node(upstream)})
+        route = {"uri": "/hello", "upstream": node(upstream)}
+        status, body = admin(port, "PUT", "/routes/1", route)
         assert status == 201, body
         for dp in (dp1, dp2):
             wait_until(lambda dp=dp: dp.get("/hello").status == 200, timeout=2)
@@ -77,7 +78,8 @@ def test_etcd_down_keeps_serving_and_admin_answers_503(tmp_path: Path, etcd: Etc
     try:
         gw.start()
         dp.start()
-        assert admin(port, "PUT", "/routes/1", {"uri": "/hello", "upstream": node(upstream)})[0] == 201
+        route = {"uri": "/hello", "upstream": node(upstream)}
+        assert admin(port, "PUT", "/routes/1", route)[0] == 201
         wait_until(lambda: dp.get("/hello").status == 200, timeout=2)
         etcd.stop()
         time.sleep(0.5)
