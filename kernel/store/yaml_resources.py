@@ -404,6 +404,11 @@ class YamlResourceStore(ResourceStore):
             txn.expired += 1
         if not gone:
             return
+        txn.expired += self._drop_items(doc, gone.__contains__)
+
+    def _drop_items(self, doc: dict[str, Any], doomed: Callable[[str], bool]) -> int:
+        """Remove the file's items whose key ``doomed`` selects; how many were removed."""
+        removed = 0
         for collection in COLLECTIONS:
             items = doc.get(collection)
             if not isinstance(items, list):
@@ -413,11 +418,12 @@ class YamlResourceStore(ResourceStore):
                 for i, item in enumerate(items)
                 if not (
                     isinstance(item, dict)
-                    and self._key(collection, _ident(collection, item, i)) in gone
+                    and doomed(self._key(collection, _ident(collection, item, i)))
                 )
             ]
-            txn.expired += len(items) - len(keep)
+            removed += len(items) - len(keep)
             doc[collection] = keep
+        return removed
 
     async def _write(self, change: Callable[[dict[str, Any], _Txn], None]) -> _Txn:
         """One YAML write: ``change(doc, txn)`` under the lock, then revisions, then replace."""
@@ -568,21 +574,7 @@ class YamlResourceStore(ResourceStore):
 
     async def delete_prefix(self, directory: str) -> int:
         def change(doc: dict[str, Any], txn: _Txn) -> None:
-            removed = 0
-            for collection in COLLECTIONS:
-                items = doc.get(collection)
-                if not isinstance(items, list):
-                    continue
-                keep = [
-                    item
-                    for i, item in enumerate(items)
-                    if not (
-                        isinstance(item, dict)
-                        and self._key(collection, _ident(collection, item, i)).startswith(directory)
-                    )
-                ]
-                removed += len(items) - len(keep)
-                doc[collection] = keep
+            removed = self._drop_items(doc, lambda key: key.startswith(directory))
             for key in [k for k in txn.meta["extra"] if k.startswith(directory)]:
                 del txn.meta["extra"][key]
                 removed += 1
