@@ -709,6 +709,8 @@ class _UriTree:
         remote_addr: str,
         var: Any,
     ) -> Match | None:
+        # The same walk as _PrefixIndex.lookup, kept inline on purpose: it resolves each
+        # candidate as it is found and stops at the first match, without building a list.
         bases = index.bases
         blens = index.blens
         i = path.rfind("/", 0, index.max_blen)
