@@ -31,8 +31,9 @@ like a PCRE compile error); matching works on text, not bytes.
 
 from __future__ import annotations
 
+import copy
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -186,6 +187,7 @@ class _Entry:
         "plain",
         "priority",
         "regex",
+        "seq",
         "spec",
         "tail_name",
         "vars",
@@ -199,8 +201,11 @@ class _Entry:
         ipm: IpMatcher | None,
         host_conds: tuple[tuple[bool, str, bool], ...] | None,
         matched_host: str,
+        seq: int = 0,
     ) -> None:
         self.spec = spec
+        self.seq = seq
+        """Load order of the route (ties after priority and pattern length)."""
         self.path_org = path_org
         self.priority = spec.priority or 0
         self.blen = len(path_org.encode())
@@ -274,7 +279,7 @@ class _Entry:
 
 
 def _sorted(entries: list[_Entry]) -> tuple[_Entry, ...]:
-    return tuple(sorted(entries, key=lambda e: (-e.priority, -e.blen)))
+    return tuple(sorted(entries, key=lambda e: (-e.priority, -e.blen, e.seq)))
 
 
 def _try(
@@ -522,32 +527,14 @@ class _UriTree:
 
     def __init__(
         self,
-        entries: list[tuple[_Entry, str | None]],
-        hosts: _HostTrees | None = None,
-        cache: _CandsCache | None = None,
+        exact: dict[str, _Cands],
+        pmap: dict[str, _Cands],
+        hosts: _HostTrees | None,
     ) -> None:
-        if hosts is None and any(entry.hosts is not None for entry, _key in entries):
-            hosts = _HostTrees({}, None)  # host conditions: lower-case the request host
+        """``exact``: path -> candidates; ``pmap``: prefix key -> candidates, including the
+        catch-all keys ``"/"`` and ``""`` (both dicts are owned by the tree from now on)."""
         self.hosts = hosts
-        exact: dict[str, list[_Entry]] = {}
-        prefix: dict[str, list[_Entry]] = {}
-        for entry, key in entries:
-            if key is None:
-                exact.setdefault(entry.path_org, []).append(entry)
-            else:
-                prefix.setdefault(key, []).append(entry)
-        candidates = cache.candidates if cache is not None else _candidates
-        exact_map: dict[str, _Cands] = {}
-        for p, es in exact.items():
-            cands = candidates(es)
-            if cands is not None:
-                exact_map[p] = cands
-        self.exact = exact_map or None
-        pmap: dict[str, _Cands] = {}
-        for k, es in prefix.items():
-            cands = candidates(es)
-            if cands is not None:
-                pmap[k] = cands
+        self.exact = exact or None
         self.root = pmap.pop("/", None)
         self.empty = pmap.pop("", None)
         self.pmap = pmap
@@ -571,6 +558,21 @@ class _UriTree:
         else:
             self.walk = _WALK_INDEX
             self.index = _PrefixIndex(pmap, "/")
+
+    def full_pmap(self) -> dict[str, _Cands]:
+        """A copy of the prefix map, catch-all keys included (what ``__init__`` takes)."""
+        pmap = dict(self.pmap)
+        if self.root is not None:
+            pmap["/"] = self.root
+        if self.empty is not None:
+            pmap[""] = self.empty
+        return pmap
+
+    def with_hosts(self, hosts: _HostTrees | None) -> _UriTree:
+        """The same tree with another host layer (a copy; this tree is left as it is)."""
+        tree = copy.copy(self)
+        tree.hosts = hosts
+        return tree
 
     def match(
         self,
@@ -780,6 +782,36 @@ class _MatchFn(Protocol):
     ) -> Match | None: ...
 
 
+_Reg = tuple[_Entry, str | None, str]
+"""One registration of a route: ``(entry, uri key or None for an exact path, host label)``."""
+
+
+class _Group:
+    """The registrations behind one URI tree: one host label under ``radixtree_host_uri``
+    (``""``: the host-less routes), or all routes under the other kinds. Never mutated once
+    a router holds it."""
+
+    __slots__ = ("exact", "n_host_conds", "prefix", "tree")
+
+    def __init__(
+        self,
+        exact: dict[str, tuple[_Entry, ...]],
+        prefix: dict[str, tuple[_Entry, ...]],
+        n_host_conds: int,
+    ) -> None:
+        self.exact = exact
+        """exact path -> its entries (any order; candidates are sorted when built)"""
+        self.prefix = prefix
+        """prefix key -> its entries"""
+        self.n_host_conds = n_host_conds
+        """entries with host conditions (``radixtree_uri*``): the tree lower-cases the host"""
+        self.tree: _UriTree | None = None
+
+
+def _slot_cands(entries: tuple[_Entry, ...] | None) -> _Cands | None:
+    return _candidates(list(entries)) if entries else None
+
+
 class Router:
     """Route table for one config generation.
 
@@ -787,9 +819,23 @@ class Router:
     wildcard hosts longest suffix first, then host-less routes), ``radixtree_uri`` (one tree,
     hosts are a condition) or ``radixtree_uri_with_parameter`` (like ``radixtree_uri`` plus
     ``:param`` segments).
+
+    A router is immutable once built. :meth:`updated` derives the next one from a few changed
+    routes, sharing everything they do not touch (cost: the changed routes plus a copy of the
+    touched trees' dicts, not a rebuild of the table).
     """
 
-    __slots__ = ("_cands", "_count", "_entries", "kind", "match")
+    __slots__ = (
+        "_cands",
+        "_entries",
+        "_groups",
+        "_host_exact",
+        "_host_wild",
+        "_next_seq",
+        "_updatable",
+        "kind",
+        "match",
+    )
     _cands: dict[tuple[_Entry, ...], _Cands | None]
 
     match: _MatchFn
@@ -810,88 +856,230 @@ class Router:
         kind: str = "radixtree_host_uri",
         previous: Router | None = None,
     ) -> None:
-        """Build the tables. ``previous``: a router of the same kind whose per-route entries
-        are reused for the very same :class:`RouteSpec` objects (an apply that changed one
-        route recompiles one route's entries)."""
+        """Build the tables; routes load in the order given. ``previous``: a router of the
+        same kind whose per-route entries are reused for the very same :class:`RouteSpec`
+        objects (a rebuild that changed one route recompiles one route's entries)."""
         if kind not in KINDS:
             raise ValueError(f"unknown router kind: {kind!r} (expected one of {', '.join(KINDS)})")
         self.kind = kind
-        specs = list(routes)
-        self._count = len(specs)
         same = previous is not None and previous.kind == kind
         old = previous._entries if previous is not None and same else {}
         cache = _CandsCache(previous._cands if previous is not None and same else {})
         self._cands = cache.new
-        self._entries: dict[int, tuple[RouteSpec, list[tuple[_Entry, str | None, str]]]] = {}
-        with_param = kind == "radixtree_uri_with_parameter"
-        if kind != "radixtree_host_uri":
-            regs: list[tuple[_Entry, str | None]] = []
-            for spec in specs:
-                for entry, key, _label in self._entries_of(spec, old, with_param, False):
-                    regs.append((entry, key))
-            self.match = _UriTree(regs, None, cache).matcher()
-            return
-
-        no_host: list[tuple[_Entry, str | None]] = []
-        by_host: dict[str, list[tuple[_Entry, str | None]]] = {}
-        for spec in specs:
-            for entry, key, label in self._entries_of(spec, old, False, True):
-                if label:
-                    by_host.setdefault(label, []).append((entry, key))
-                else:
-                    no_host.append((entry, key))
-        host_exact: dict[str, _MatchFn] = {}
-        wild: dict[str, list[tuple[str, _MatchFn]]] = {}
-        for label, regs in by_host.items():
-            tree = _UriTree(regs, None, cache).matcher()
-            if "*" not in label:
-                host_exact[label] = tree
-                continue
-            rev = label[::-1]
-            wild.setdefault(rev[: rev.find("*")], []).append((label, tree))
-        host_wild = (
-            _PrefixIndex(
-                {
-                    k: tuple(t for _label, t in sorted(v, key=lambda lt: -len(lt[0].encode())))
-                    for k, v in wild.items()
-                },
-                ".",
+        self._entries: dict[str, tuple[RouteSpec, list[_Reg], int]] = {}
+        self._updatable = True
+        slots: dict[str, tuple[dict[str, list[_Entry]], dict[str, list[_Entry]], list[int]]] = {}
+        seq = -1
+        for seq, spec in enumerate(routes):
+            if spec.id in self._entries:
+                self._updatable = False  # duplicate ids: only a full rebuild is right
+            for entry, key, label in self._regs_of(spec, old.get(spec.id), seq):
+                slot = slots.get(label)
+                if slot is None:
+                    slot = slots[label] = ({}, {}, [0])
+                bucket = slot[0] if key is None else slot[1]
+                bucket.setdefault(entry.path_org if key is None else key, []).append(entry)
+                if entry.hosts is not None:
+                    slot[2][0] += 1
+        self._next_seq = seq + 1
+        groups: dict[str, _Group] = {}
+        for label, (exact, prefix, n) in slots.items():
+            group = groups[label] = _Group(
+                {p: tuple(es) for p, es in exact.items()},
+                {k: tuple(es) for k, es in prefix.items()},
+                n[0],
             )
-            if wild
-            else None
+            if label:
+                group.tree = _UriTree(
+                    _cands_map(exact, cache.candidates), _cands_map(prefix, cache.candidates),
+                    None,
+                )
+        top = groups.get("") or _Group({}, {}, 0)
+        groups[""] = top
+        self._groups = groups
+        self._host_exact: dict[str, _MatchFn] = {}
+        self._host_wild: dict[str, _MatchFn] = {}
+        for label, group in groups.items():
+            if label and group.tree is not None:
+                target = self._host_wild if "*" in label else self._host_exact
+                target[label] = group.tree.matcher()
+        top.tree = _UriTree(
+            _cands_map(top.exact, cache.candidates),
+            _cands_map(top.prefix, cache.candidates),
+            self._host_layer(top.n_host_conds),
         )
-        hosts = _HostTrees(host_exact, host_wild) if by_host else None
-        self.match = _UriTree(no_host, hosts, cache).matcher()
+        self.match = top.tree.matcher()
 
-    def _entries_of(
-        self,
-        spec: RouteSpec,
-        old: dict[int, tuple[RouteSpec, list[tuple[_Entry, str | None, str]]]],
-        with_param: bool,
-        host_trees: bool,
-    ) -> list[tuple[_Entry, str | None, str]]:
-        """The ``(entry, uri key, host label)`` triples of one route, reused when unchanged."""
-        hit = old.get(id(spec))
+    def updated(self, changes: Mapping[str, RouteSpec | None]) -> Router:
+        """The router with the routes of ``changes`` replaced (``None``: removed). A changed
+        route keeps its load order; a new one loads last. This router is left as it is.
+
+        Raises ``ValueError`` when this router was built from duplicate route ids."""
+        if not self._updatable:
+            raise ValueError("router built from duplicate route ids: rebuild it instead")
+        new = Router.__new__(Router)
+        new.kind = self.kind
+        new._cands = self._cands  # read-only here; only a full build refreshes it
+        new._updatable = True
+        new._next_seq = self._next_seq
+        entries = new._entries = dict(self._entries)
+        # (label, is prefix, path or key) -> (entries leaving, entries arriving)
+        edits: dict[tuple[str, bool, str], tuple[list[_Entry], list[_Entry]]] = {}
+        for rid, spec in changes.items():
+            hit = entries.pop(rid, None)
+            if hit is not None:
+                if hit[0] is spec:
+                    entries[rid] = hit
+                    continue
+                for entry, key, label in hit[1]:
+                    slot = (label, key is not None, entry.path_org if key is None else key)
+                    edits.setdefault(slot, ([], []))[0].append(entry)
+            if spec is None:
+                continue
+            if hit is not None:
+                seq = hit[2]
+            else:
+                seq = new._next_seq
+                new._next_seq += 1
+            for entry, key, label in new._regs_of(spec, None, seq):
+                slot = (label, key is not None, entry.path_org if key is None else key)
+                edits.setdefault(slot, ([], []))[1].append(entry)
+        by_label: dict[str, list[tuple[bool, str, list[_Entry], list[_Entry]]]] = {}
+        for (label, is_prefix, name), (gone, came) in edits.items():
+            by_label.setdefault(label, []).append((is_prefix, name, gone, came))
+        groups = new._groups = dict(self._groups)
+        new._host_exact, new._host_wild = self._host_exact, self._host_wild
+        for label, slot_edits in by_label.items():
+            if not label:
+                continue
+            group = _edited(groups.get(label), slot_edits, _cond_hosts)
+            target_name = "_host_wild" if "*" in label else "_host_exact"
+            target = dict(getattr(new, target_name))
+            if group is None:
+                groups.pop(label, None)
+                target.pop(label, None)
+            else:
+                groups[label] = group
+                assert group.tree is not None
+                target[label] = group.tree.matcher()
+            setattr(new, target_name, target)
+        top = groups[""]
+        hosts_changed = any(label for label in by_label)
+        if "" in by_label:
+            edited = _edited(top, by_label[""], new._host_layer, keep_empty=True)
+            assert edited is not None
+            top = groups[""] = edited
+        elif hosts_changed:
+            old_tree = top.tree
+            assert old_tree is not None
+            top = groups[""] = _Group(top.exact, top.prefix, top.n_host_conds)
+            top.tree = old_tree.with_hosts(new._host_layer(top.n_host_conds))
+        assert top.tree is not None
+        new.match = top.tree.matcher()
+        return new
+
+    def _host_layer(self, n_host_conds: int) -> _HostTrees | None:
+        """What the top tree (with ``n_host_conds`` host-conditioned entries) does with the
+        host before its own routes (see :class:`_HostTrees`)."""
+        if self._host_exact or self._host_wild:
+            wild: dict[str, list[tuple[str, _MatchFn]]] = {}
+            for label, tree in self._host_wild.items():
+                rev = label[::-1]
+                wild.setdefault(rev[: rev.find("*")], []).append((label, tree))
+            index = (
+                _PrefixIndex(
+                    {
+                        k: tuple(t for _l, t in sorted(v, key=lambda lt: -len(lt[0].encode())))
+                        for k, v in wild.items()
+                    },
+                    ".",
+                )
+                if wild
+                else None
+            )
+            return _HostTrees(self._host_exact, index)
+        return _cond_hosts(n_host_conds)
+
+    def _regs_of(
+        self, spec: RouteSpec, hit: tuple[RouteSpec, list[_Reg], int] | None, seq: int
+    ) -> list[_Reg]:
+        """The registrations of one route, reused when ``hit`` holds this very spec."""
         if hit is not None and hit[0] is spec:
-            entries = hit[1]
+            regs = hit[1]
+            for entry, _key, _label in regs:
+                entry.seq = seq  # only ever read while sorting a new build's candidates
         else:
-            entries = []
+            regs = []
             ipm = _ip_matcher(spec)
-            if host_trees:
+            if self.kind == "radixtree_host_uri":
                 labels = list(dict.fromkeys(h.lower() for h in spec.hosts)) if spec.hosts else []
                 for path in spec.uris:
                     key = _uri_key(path, False)
                     if not labels:
-                        entries.append((_Entry(spec, path, key, ipm, None, ""), key, ""))
+                        regs.append((_Entry(spec, path, key, ipm, None, "", seq), key, ""))
                     for label in labels:
-                        entries.append((_Entry(spec, path, key, ipm, None, label), key, label))
+                        regs.append((_Entry(spec, path, key, ipm, None, label, seq), key, label))
             else:
+                with_param = self.kind == "radixtree_uri_with_parameter"
                 conds = _host_conds(spec.hosts) if spec.hosts else None
                 for path in spec.uris:
                     key = _uri_key(path, with_param)
-                    entries.append((_Entry(spec, path, key, ipm, conds, ""), key, ""))
-        self._entries[id(spec)] = (spec, entries)
-        return entries
+                    regs.append((_Entry(spec, path, key, ipm, conds, "", seq), key, ""))
+        self._entries[spec.id] = (spec, regs, seq)
+        return regs
 
     def __len__(self) -> int:
-        return self._count
+        return len(self._entries)
+
+
+def _cands_map(
+    slots: Mapping[str, Iterable[_Entry]], candidates: Callable[[list[_Entry]], _Cands | None]
+) -> dict[str, _Cands]:
+    out: dict[str, _Cands] = {}
+    for name, entries in slots.items():
+        cands = candidates(list(entries))
+        if cands is not None:
+            out[name] = cands
+    return out
+
+
+def _edited(
+    group: _Group | None,
+    slot_edits: list[tuple[bool, str, list[_Entry], list[_Entry]]],
+    hosts: Callable[[int], _HostTrees | None],
+    keep_empty: bool = False,
+) -> _Group | None:
+    """A copy of ``group`` with ``slot_edits`` applied and its tree updated for the touched
+    slots only; ``None`` when nothing is left (unless ``keep_empty``)."""
+    exact = dict(group.exact) if group is not None else {}
+    prefix = dict(group.prefix) if group is not None else {}
+    n_host_conds = group.n_host_conds if group is not None else 0
+    old_tree = group.tree if group is not None else None
+    exact_map = dict(old_tree.exact or {}) if old_tree is not None else {}
+    pmap = old_tree.full_pmap() if old_tree is not None else {}
+    for is_prefix, name, gone, came in slot_edits:
+        slots, cands_map = (prefix, pmap) if is_prefix else (exact, exact_map)
+        doomed = {id(e) for e in gone}
+        kept = tuple(e for e in slots.get(name, ()) if id(e) not in doomed) + tuple(came)
+        n_host_conds += sum(e.hosts is not None for e in came)
+        n_host_conds -= sum(e.hosts is not None for e in gone)
+        if kept:
+            slots[name] = kept
+        else:
+            slots.pop(name, None)
+        cands = _slot_cands(kept)
+        if cands is None:
+            cands_map.pop(name, None)
+        else:
+            cands_map[name] = cands
+    if not exact and not prefix and not keep_empty:
+        return None
+    out = _Group(exact, prefix, n_host_conds)
+    out.tree = _UriTree(exact_map, pmap, hosts(n_host_conds))
+    return out
+
+
+def _cond_hosts(n_host_conds: int) -> _HostTrees | None:
+    """The host layer of a tree without host trees: lower-case the request host when some
+    entry has host conditions."""
+    return _HostTrees({}, None) if n_host_conds else None

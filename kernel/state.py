@@ -224,21 +224,89 @@ def _global_plugins(rules: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 class BuildCache:
     """What a build compiled, for the next build to reuse where the input did not change.
 
-    Keyed by item id and checked by value (``is`` first, then ``==``), so an edit to one route
-    recompiles that route only, and an upstream keeps its runtime (balancer position, counters)
-    while its configuration stays the same.
+    Items are recognised by identity first (stores hand unchanged items over as the same
+    objects, so finding what changed costs a few C-level dict operations), then by key and
+    value. Only changed items, and the routes depending on them (:attr:`dependents`), are
+    compiled again; the router is derived with :meth:`Router.updated`. An upstream keeps its
+    runtime (balancer position, counters) while its configuration stays the same.
     """
 
     registry: PluginRegistry | None = None
     pool: PoolSettings | None = None
     router_kind: str = ""
     router: Router | None = None
-    upstreams: dict[str, tuple[Any, UpstreamRuntime]] = field(default_factory=dict)
+    objs: dict[str, dict[int, Any]] = field(default_factory=dict)
+    """collection -> ``{id(item): item}`` of the snapshot built (keeps those items alive)"""
+    raws: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """collection -> key -> item"""
+    upstreams: dict[str, UpstreamRuntime] = field(default_factory=dict)
+    services: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """services with schema defaults applied"""
+    service_upstreams: dict[str, UpstreamRuntime] = field(default_factory=dict)
     global_rules: Any = None
     global_chain: Chain = EMPTY_CHAIN
-    routes: dict[str, tuple[tuple[Any, ...], CompiledRoute | None, RouteSpec | None]] = field(
-        default_factory=dict
-    )
+    global_errors: tuple[str, ...] = ()
+    routes: dict[str, tuple[CompiledRoute | None, RouteSpec | None]] = field(default_factory=dict)
+    """route id -> (compiled route, router entry); ``None``s when not loaded"""
+    route_errors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    """route id -> what went wrong compiling it (routes without errors are absent)"""
+    compiled: dict[str, CompiledRoute] = field(default_factory=dict)
+    route_deps: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
+    dependents: dict[tuple[str, str], set[str]] = field(default_factory=dict)
+    """``("upstream" | "service" | "plugin_config", id)`` -> ids of the routes referring to it"""
+
+
+@dataclass(slots=True)
+class _Diff:
+    """How one collection of the snapshot differs from the previous build's."""
+
+    objs: dict[int, Any]
+    raws: dict[str, Any]
+    changed: dict[str, Any]
+    """key -> item, for items added or whose value changed"""
+    removed: set[str]
+    new_objects: int
+    """how many items are not the previous build's objects (a full re-read: all of them)"""
+
+
+def _diff(collection: str, items: tuple[Any, ...], previous: BuildCache | None) -> _Diff:
+    objs = dict(zip(map(id, items), items, strict=True))
+    if previous is None or collection not in previous.objs:
+        raws = {item_key(collection, raw): raw for raw in items}
+        return _Diff(objs, raws, dict(raws), set(), len(items))
+    old_objs, old_raws = previous.objs[collection], previous.raws[collection]
+    arrived = objs.keys() - old_objs.keys()
+    left = old_objs.keys() - objs.keys()
+    if not arrived and not left:
+        return _Diff(objs, old_raws, {}, set(), 0)
+    raws = dict(old_raws)
+    gone = {item_key(collection, old_objs[i]) for i in left}
+    for key in gone:
+        raws.pop(key, None)
+    changed: dict[str, Any] = {}
+    for raw in (objs[i] for i in arrived):
+        key = item_key(collection, raw)
+        raws[key] = raw
+        before = old_raws.get(key)
+        if before is None or before != raw:
+            changed[key] = raw
+    return _Diff(objs, raws, changed, {k for k in gone if k not in raws}, len(arrived))
+
+
+def _route_deps(raw: Mapping[str, Any], services: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
+    """What a route's compiled form depends on besides itself and the global rules."""
+    deps: list[tuple[str, str]] = []
+    sid, pcid, uid = raw.get("service_id"), raw.get("plugin_config_id"), raw.get("upstream_id")
+    if sid is not None:
+        deps.append(("service", str(sid)))
+        service = services.get(str(sid))
+        if service is not None and service.get("upstream_id") is not None:
+            deps.append(("upstream", str(service["upstream_id"])))
+    if pcid is not None:
+        deps.append(("plugin_config", str(pcid)))
+    if uid is not None:
+        deps.append(("upstream", str(uid)))
+    return tuple(deps)
 
 
 def build_state(
@@ -250,73 +318,138 @@ def build_state(
     generation: int = 1,
     previous: BuildCache | None = None,
 ) -> GatewayState:
-    """Compile ``snapshot`` into a new state. Pure: touches nothing live.
+    """Compile ``snapshot`` into a new state. Pure: touches nothing live (``previous`` is
+    read, never changed).
 
-    ``previous`` (the live state's ``cache``) lets unchanged routes and upstreams be reused.
+    ``previous`` (the live state's ``cache``) lets the build do only what changed: an Admin
+    write of one route compiles that route and updates the router around it.
     """
     pool = pool or PoolSettings()
-    if previous is None or previous.registry is not registry or previous.pool != pool:
-        previous = BuildCache()
+    prev = previous
+    if prev is None or prev.registry is not registry or prev.pool != pool or (
+        prev.router_kind != router_kind
+    ):
+        prev = None
     cache = BuildCache(registry=registry, pool=pool, router_kind=router_kind)
-    errors: list[str] = []
     memo: dict[Any, Any] = {}
-    upstreams: dict[str, UpstreamRuntime] = {}
-    for raw in snapshot.items("upstreams"):
-        up_id = item_key("upstreams", raw)
-        up_hit = previous.upstreams.get(up_id)
-        runtime = up_hit[1] if up_hit is not None and _same(up_hit[0], raw) else UpstreamRuntime(
-            schemas.with_defaults("upstream", raw), pool, up_id
-        )
-        upstreams[up_id] = runtime
-        cache.upstreams[up_id] = (raw, runtime)
-    raw_services = {item_key("services", s): s for s in snapshot.items("services")}
-    services = {sid: schemas.with_defaults("service", s) for sid, s in raw_services.items()}
-    raw_configs = {item_key("plugin_configs", c): c for c in snapshot.items("plugin_configs")}
-    global_raw = snapshot.items("global_rules")
-    if previous.global_rules is not None and _same(previous.global_rules, global_raw):
-        global_chain = previous.global_chain
-    else:
-        rules = {item_key("global_rules", g): g for g in global_raw}
-        global_chain, errs = compile_chain(_global_plugins(rules), registry, memo)
-        errors += [f"global_rules: {e}" for e in errs]
-    cache.global_rules, cache.global_chain = global_raw, global_chain
 
-    build = _Build(services, raw_configs, upstreams, {}, registry, global_chain, pool, memo,
-                   errors)
-    specs: list[RouteSpec] = []
-    routes: dict[str, CompiledRoute] = {}
-    for raw in snapshot.items("routes"):
-        rid = item_key("routes", raw)
-        sid, pcid, uid = raw.get("service_id"), raw.get("plugin_config_id"), raw.get("upstream_id")
-        service_raw = raw_services.get(str(sid)) if sid is not None else None
-        deps = (
-            raw,
-            service_raw,
-            raw_configs.get(str(pcid)) if pcid is not None else None,
-            upstreams.get(str(uid)) if uid is not None else None,
-            upstreams.get(str(service_raw.get("upstream_id")))
-            if service_raw is not None and service_raw.get("upstream_id") is not None
-            else None,
-            global_chain,
-        )
-        hit = previous.routes.get(rid)
-        if hit is not None and hit[0] == deps:  # tuple ==: identity first, then value
-            compiled, spec = hit[1], hit[2]
+    ups = _diff("upstreams", snapshot.items("upstreams"), prev)
+    upstreams = dict(prev.upstreams) if prev is not None else {}
+    for key in ups.removed:
+        upstreams.pop(key, None)
+    for key, raw in ups.changed.items():
+        upstreams[key] = UpstreamRuntime(schemas.with_defaults("upstream", raw), pool, key)
+    svc = _diff("services", snapshot.items("services"), prev)
+    services = dict(prev.services) if prev is not None else {}
+    service_upstreams = dict(prev.service_upstreams) if prev is not None else {}
+    for key in (*svc.removed, *svc.changed):
+        services.pop(key, None)
+        service_upstreams.pop(key, None)
+    for key, raw in svc.changed.items():
+        services[key] = schemas.with_defaults("service", raw)
+    pcs = _diff("plugin_configs", snapshot.items("plugin_configs"), prev)
+
+    global_raw = snapshot.items("global_rules")
+    global_changed = prev is None or not _same(prev.global_rules, global_raw)
+    if global_changed:
+        rules = {item_key("global_rules", g): g for g in global_raw}
+        errs: list[str] = []
+        global_chain, chain_errs = compile_chain(_global_plugins(rules), registry, memo)
+        errs += [f"global_rules: {e}" for e in chain_errs]
+        for message in errs:
+            log.error("%s", message)
+        global_errors = tuple(errs)
+    else:
+        assert prev is not None
+        global_chain, global_errors = prev.global_chain, prev.global_errors
+    cache.global_rules, cache.global_chain, cache.global_errors = (
+        global_raw, global_chain, global_errors)  # fmt: skip
+
+    rts = _diff("routes", snapshot.items("routes"), prev)
+    if prev is None or global_changed:
+        dirty = set(rts.raws)
+    else:
+        dirty = set(rts.changed)
+        for kind, diff in (("upstream", ups), ("service", svc), ("plugin_config", pcs)):
+            for key in (*diff.changed, *diff.removed):
+                dirty.update(prev.dependents.get((kind, key), ()))
+        dirty.intersection_update(rts.raws)
+    entries = dict(prev.routes) if prev is not None else {}
+    route_errors = dict(prev.route_errors) if prev is not None else {}
+    compiled_routes = dict(prev.compiled) if prev is not None else {}
+    route_deps = dict(prev.route_deps) if prev is not None else {}
+    dependents = dict(prev.dependents) if prev is not None else {}
+    copied: set[tuple[str, str]] = set()
+
+    def depend(rid: str, deps: tuple[tuple[str, str], ...]) -> None:
+        old = route_deps.get(rid, ())
+        if old == deps:
+            return
+        for dep in old:
+            if dep not in deps:
+                _own(dep).discard(rid)
+        for dep in deps:
+            _own(dep).add(rid)
+        if deps:
+            route_deps[rid] = deps
         else:
-            compiled, spec = _compile_entry(rid, raw, build)
-        cache.routes[rid] = (deps, compiled, spec)
+            route_deps.pop(rid, None)
+
+    def _own(dep: tuple[str, str]) -> set[str]:
+        if dep not in copied:
+            copied.add(dep)
+            dependents[dep] = set(dependents.get(dep, ()))
+        return dependents[dep]
+
+    build = _Build(services, pcs.raws, upstreams, service_upstreams, registry, global_chain,
+                   pool, memo, [])  # fmt: skip
+    router_changes: dict[str, RouteSpec | None] = {}
+    for rid in rts.removed:
+        hit = entries.pop(rid, None)
+        compiled_routes.pop(rid, None)
+        route_errors.pop(rid, None)
+        depend(rid, ())
+        if hit is not None and hit[1] is not None:
+            router_changes[rid] = None
+    for rid in dirty:
+        raw = rts.raws[rid]
+        build.errors = []
+        compiled, spec = _compile_entry(rid, raw, build)
+        for message in build.errors:
+            log.error("%s", message)
+        old_spec = entries[rid][1] if rid in entries else None
+        entries[rid] = (compiled, spec)
+        if build.errors:
+            route_errors[rid] = tuple(build.errors)
+        else:
+            route_errors.pop(rid, None)
+        depend(rid, _route_deps(raw, svc.raws))
         if compiled is not None and spec is not None:
-            routes[rid] = compiled
-            specs.append(spec)
-    for message in errors:
-        log.error("%s", message)
-    router = Router(specs, router_kind, previous.router)
+            compiled_routes[rid] = compiled
+        else:
+            compiled_routes.pop(rid, None)
+        if spec is not old_spec:
+            router_changes[rid] = spec
+
+    items = snapshot.items("routes")
+    router = _next_router(prev, rts, items, router_changes, entries, router_kind)
     cache.router = router
+    cache.objs = {"upstreams": ups.objs, "services": svc.objs, "plugin_configs": pcs.objs,
+                  "routes": rts.objs}  # fmt: skip
+    cache.raws = {"upstreams": ups.raws, "services": svc.raws, "plugin_configs": pcs.raws,
+                  "routes": rts.raws}  # fmt: skip
+    cache.upstreams, cache.services, cache.service_upstreams = (
+        upstreams, services, service_upstreams)  # fmt: skip
+    cache.routes, cache.compiled, cache.route_errors = entries, compiled_routes, route_errors
+    cache.route_deps, cache.dependents = route_deps, dependents
+    errors = list(global_errors)
+    for errs_of in route_errors.values():
+        errors.extend(errs_of)
     return GatewayState(
         generation=generation,
         version=snapshot.version,
         router=router,
-        routes=routes,
+        routes=compiled_routes,
         upstreams=upstreams,
         global_chain=global_chain,
         registry=registry,
@@ -324,6 +457,46 @@ def build_state(
         errors=tuple(errors),
         cache=cache,
     )
+
+
+def _next_router(
+    prev: BuildCache | None,
+    rts: _Diff,
+    items: tuple[dict[str, Any], ...],
+    changes: dict[str, RouteSpec | None],
+    entries: Mapping[str, tuple[CompiledRoute | None, RouteSpec | None]],
+    kind: str,
+) -> Router:
+    """The router for this build: derived from the previous one when few routes changed and
+    the snapshot kept its order (changed routes in place, new ones last), else rebuilt."""
+    old = prev.router if prev is not None else None
+    if old is not None and not changes:
+        return old
+    if old is not None and len(changes) <= max(64, len(items) // 8) and rts.new_objects <= max(
+        64, len(items) // 8
+    ):
+        old_raws = prev.raws["routes"] if prev is not None else {}
+        new_keys = {k for k in rts.changed if k not in old_raws}
+        tail = items[len(items) - len(new_keys):] if new_keys else ()
+        tail_keys = [item_key("routes", raw) for raw in tail]
+        if set(tail_keys) == new_keys:
+            ordered = {k: changes[k] for k in changes if k not in new_keys}
+            ordered.update((k, changes[k]) for k in tail_keys if k in changes)
+            try:
+                return old.updated(ordered)
+            except ValueError:
+                pass
+    specs: list[RouteSpec] = []
+    seen: set[str] = set()
+    for raw in items:
+        rid = item_key("routes", raw)
+        if rid in seen:
+            continue
+        seen.add(rid)
+        spec = entries[rid][1] if rid in entries else None
+        if spec is not None:
+            specs.append(spec)
+    return Router(specs, kind, old)
 
 
 @dataclass(slots=True)
