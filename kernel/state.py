@@ -165,31 +165,58 @@ def item_problems(
 class SnapshotValidator:
     """Validates snapshots, re-checking only items that changed since the last call.
 
-    Results are cached per item key and reused while the item is equal to the one checked and
-    the plugin registry is the same object.
+    Items are recognised by identity first (an unchanged item handed over again as the same
+    object costs nothing), then by key and value; results are reused while the plugin
+    registry is the same object.
     """
 
     def __init__(self) -> None:
         self._registry: PluginRegistry | None = None
-        self._cache: dict[tuple[str, str], tuple[Any, list[tuple[str, str]]]] = {}
+        self._objs: dict[str, dict[int, Any]] = {}
+        self._found: dict[str, dict[str, tuple[Any, list[tuple[str, str]]]]] = {}
+        """collection -> key -> (item checked, its problems)"""
+        self._bad: dict[str, set[str]] = {}
+        """collection -> keys of the items with problems"""
 
     def __call__(self, snapshot: Snapshot, registry: PluginRegistry) -> list[Problem]:
         if registry is not self._registry:
-            self._registry, self._cache = registry, {}
-        cache: dict[tuple[str, str], tuple[Any, list[tuple[str, str]]]] = {}
+            self._registry, self._objs, self._found, self._bad = registry, {}, {}, {}
         problems: list[Problem] = []
         for collection in COLLECTIONS:
-            for index, item in enumerate(snapshot.items(collection)):
-                key = (collection, item_key(collection, item))
-                hit = self._cache.get(key)
-                if hit is not None and _same(hit[0], item):
-                    found = hit[1]
-                else:
-                    found = item_problems(collection, item, registry)
-                cache[key] = (item, found)
-                for path, message in found:
-                    problems.append(Problem("", None, f"{collection}[{index}]{path}", message))
-        self._cache = cache
+            items = snapshot.items(collection)
+            objs = dict(zip(map(id, items), items, strict=True))
+            old_objs = self._objs.get(collection, {})
+            old = self._found.get(collection, {})
+            bad = self._bad.get(collection, set())
+            arrived = objs.keys() - old_objs.keys()
+            left = old_objs.keys() - objs.keys()
+            if arrived or left:
+                found, bad = dict(old), set(bad)
+                for i in left:
+                    key = item_key(collection, old_objs[i])
+                    found.pop(key, None)
+                    bad.discard(key)
+                for item in (objs[i] for i in arrived):
+                    key = item_key(collection, item)
+                    hit = old.get(key)
+                    if hit is None or not _same(hit[0], item):
+                        hit = (item, item_problems(collection, item, registry))
+                    found[key] = hit
+                    if hit[1]:
+                        bad.add(key)
+                    else:
+                        bad.discard(key)
+                self._found[collection], self._bad[collection] = found, bad
+            else:
+                found = old
+            self._objs[collection] = objs
+            if bad:
+                for index, item in enumerate(items):
+                    hit = found.get(item_key(collection, item))
+                    for path, message in hit[1] if hit is not None else ():
+                        problems.append(
+                            Problem("", None, f"{collection}[{index}]{path}", message)
+                        )
         return problems
 
 

@@ -163,3 +163,16 @@ def test_incremental_builds_equal_full_builds(registry: PluginRegistry) -> None:
         state = build_state(s, registry, previous=None if state is None else state.cache)
         fresh = build_state(s, registry)
         assert _view(state) == _view(fresh)
+
+
+def test_validator_keeps_reporting_unchanged_bad_items(registry: PluginRegistry) -> None:
+    validate = SnapshotValidator()
+    good = {"id": "1", "uri": "/a", "upstream": up(1)}
+    bad = {"id": "2", "uri": "/b", "methods": ["FETCH"], "upstream": up(1)}
+    assert [p.path for p in validate(snap(routes=[good, bad]), registry)] == ["routes[1].methods"]
+    other = {"id": "3", "uri": "/c", "upstream": up(1)}
+    # another item arrives: the bad one is not re-checked but still reported, at its new index
+    problems = validate(snap(routes=[other, good, bad]), registry)
+    assert [p.path for p in problems] == ["routes[2].methods"]
+    assert validate(snap(routes=[other, good]), registry) == []
+    assert validate(snap(routes=[other, good]), registry) == []
