@@ -519,6 +519,7 @@ class _UriTree:
         "lens",
         "pmap",
         "root",
+        "shape",
         "slash_lens",
         "slash_lo",
         "slash_max",
@@ -530,15 +531,24 @@ class _UriTree:
         exact: dict[str, _Cands],
         pmap: dict[str, _Cands],
         hosts: _HostTrees | None,
+        shape: tuple[dict[int, int], int] | None = None,
     ) -> None:
         """``exact``: path -> candidates; ``pmap``: prefix key -> candidates, including the
-        catch-all keys ``"/"`` and ``""`` (both dicts are owned by the tree from now on)."""
+        catch-all keys ``"/"`` and ``""`` (both dicts are owned by the tree from now on).
+        ``shape``: ``(key length -> number of keys, number of keys not ending in "/")`` over
+        ``pmap`` without the catch-all keys, when the caller kept it up to date."""
         self.hosts = hosts
         self.exact = exact or None
         self.root = pmap.pop("/", None)
         self.empty = pmap.pop("", None)
         self.pmap = pmap
-        lens = sorted({len(k) for k in pmap}, reverse=True)
+        if shape is None:
+            counts: dict[int, int] = {}
+            for k in pmap:
+                counts[len(k)] = counts.get(len(k), 0) + 1
+            shape = (counts, sum(not k.endswith("/") for k in pmap))
+        self.shape = shape
+        lens = sorted(shape[0], reverse=True)
         self.walk = _WALK_NONE
         self.slash_lens: frozenset[int] = frozenset()
         # slash walk: the "/" closing a key of length n sits at n - 1, in [slash_lo, slash_max)
@@ -547,7 +557,7 @@ class _UriTree:
         self.index: _PrefixIndex[_Cands] | None = None
         if not pmap:
             pass
-        elif all(k.endswith("/") for k in pmap):  # the "/api/*" shape: lengths >= 2
+        elif not shape[1]:  # every key ends in "/" (the "/api/*" shape): lengths >= 2
             self.walk = _WALK_SLASH
             self.slash_lens = frozenset(lens)
             self.slash_max = lens[0]
@@ -1057,7 +1067,11 @@ def _edited(
     old_tree = group.tree if group is not None else None
     exact_map = dict(old_tree.exact or {}) if old_tree is not None else {}
     pmap = old_tree.full_pmap() if old_tree is not None else {}
+    counts = dict(old_tree.shape[0]) if old_tree is not None else {}
+    not_slash = old_tree.shape[1] if old_tree is not None else 0
     for is_prefix, name, gone, came in slot_edits:
+        if is_prefix and name not in ("/", ""):
+            had = name in pmap
         slots, cands_map = (prefix, pmap) if is_prefix else (exact, exact_map)
         doomed = {id(e) for e in gone}
         kept = tuple(e for e in slots.get(name, ()) if id(e) not in doomed) + tuple(came)
@@ -1072,10 +1086,19 @@ def _edited(
             cands_map.pop(name, None)
         else:
             cands_map[name] = cands
+        if is_prefix and name not in ("/", ""):
+            step = (name in pmap) - had
+            if step:
+                n = len(name)
+                counts[n] = counts.get(n, 0) + step
+                if not counts[n]:
+                    del counts[n]
+                if not name.endswith("/"):
+                    not_slash += step
     if not exact and not prefix and not keep_empty:
         return None
     out = _Group(exact, prefix, n_host_conds)
-    out.tree = _UriTree(exact_map, pmap, hosts(n_host_conds))
+    out.tree = _UriTree(exact_map, pmap, hosts(n_host_conds), (counts, not_slash))
     return out
 
 

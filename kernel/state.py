@@ -262,6 +262,8 @@ class BuildCache:
     pool: PoolSettings | None = None
     router_kind: str = ""
     router: Router | None = None
+    version: str = ""
+    """The version of the snapshot built."""
     objs: dict[str, dict[int, Any]] = field(default_factory=dict)
     """collection -> ``{id(item): item}`` of the snapshot built (keeps those items alive)"""
     raws: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -287,7 +289,8 @@ class BuildCache:
 class _Diff:
     """How one collection of the snapshot differs from the previous build's."""
 
-    objs: dict[int, Any]
+    objs: dict[int, Any] | None
+    """``{id(item): item}`` (``None`` when found from the snapshot's delta)"""
     raws: dict[str, Any]
     changed: dict[str, Any]
     """key -> item, for items added or whose value changed"""
@@ -296,12 +299,49 @@ class _Diff:
     """how many items are not the previous build's objects (a full re-read: all of them)"""
 
 
-def _diff(collection: str, items: tuple[Any, ...], previous: BuildCache | None) -> _Diff:
-    objs = dict(zip(map(id, items), items, strict=True))
-    if previous is None or collection not in previous.objs:
+def _diff(collection: str, snapshot: Snapshot, previous: BuildCache | None) -> _Diff:
+    """What changed in ``collection``: from the snapshot's delta when it was derived from the
+    snapshot ``previous`` built (O(changes)), else by item identity (C-level dict work), else
+    by key and value."""
+    if previous is None or collection not in previous.raws:
+        items = snapshot.items(collection)
         raws = {item_key(collection, raw): raw for raw in items}
-        return _Diff(objs, raws, dict(raws), set(), len(items))
-    old_objs, old_raws = previous.objs[collection], previous.raws[collection]
+        return _Diff(None, raws, dict(raws), set(), len(items))
+    old_raws = previous.raws[collection]
+    delta = snapshot.delta
+    if delta is not None and delta.base == previous.version:
+        delta_items = delta.changed.get(collection)
+        if not delta_items:
+            return _Diff(None, old_raws, {}, set(), 0)
+        raws = dict(old_raws)
+        changed: dict[str, Any] = {}
+        removed: set[str] = set()
+        for key, item in delta_items.items():
+            before = raws.get(key)
+            if item is None:
+                if before is not None:
+                    del raws[key]
+                    removed.add(key)
+            else:
+                raws[key] = item
+                if before is None or before != item:
+                    changed[key] = item
+        return _Diff(None, raws, changed, removed, len(delta_items))
+    items = snapshot.items(collection)
+    objs = dict(zip(map(id, items), items, strict=True))
+    old_objs = previous.objs.get(collection)
+    if old_objs is None:  # the previous build came from a delta: compare by key
+        raws, changed = {}, {}
+        fresh = 0
+        for raw in items:
+            key = item_key(collection, raw)
+            raws[key] = raw
+            before = old_raws.get(key)
+            if before is not raw:
+                fresh += 1
+                if before is None or before != raw:
+                    changed[key] = raw
+        return _Diff(objs, raws, changed, old_raws.keys() - raws.keys(), fresh)
     arrived = objs.keys() - old_objs.keys()
     left = old_objs.keys() - objs.keys()
     if not arrived and not left:
@@ -310,7 +350,7 @@ def _diff(collection: str, items: tuple[Any, ...], previous: BuildCache | None) 
     gone = {item_key(collection, old_objs[i]) for i in left}
     for key in gone:
         raws.pop(key, None)
-    changed: dict[str, Any] = {}
+    changed = {}
     for raw in (objs[i] for i in arrived):
         key = item_key(collection, raw)
         raws[key] = raw
@@ -360,13 +400,13 @@ def build_state(
     cache = BuildCache(registry=registry, pool=pool, router_kind=router_kind)
     memo: dict[Any, Any] = {}
 
-    ups = _diff("upstreams", snapshot.items("upstreams"), prev)
+    ups = _diff("upstreams", snapshot, prev)
     upstreams = dict(prev.upstreams) if prev is not None else {}
     for key in ups.removed:
         upstreams.pop(key, None)
     for key, raw in ups.changed.items():
         upstreams[key] = UpstreamRuntime(schemas.with_defaults("upstream", raw), pool, key)
-    svc = _diff("services", snapshot.items("services"), prev)
+    svc = _diff("services", snapshot, prev)
     services = dict(prev.services) if prev is not None else {}
     service_upstreams = dict(prev.service_upstreams) if prev is not None else {}
     for key in (*svc.removed, *svc.changed):
@@ -374,7 +414,7 @@ def build_state(
         service_upstreams.pop(key, None)
     for key, raw in svc.changed.items():
         services[key] = schemas.with_defaults("service", raw)
-    pcs = _diff("plugin_configs", snapshot.items("plugin_configs"), prev)
+    pcs = _diff("plugin_configs", snapshot, prev)
 
     global_raw = snapshot.items("global_rules")
     global_changed = prev is None or not _same(prev.global_rules, global_raw)
@@ -392,7 +432,7 @@ def build_state(
     cache.global_rules, cache.global_chain, cache.global_errors = (
         global_raw, global_chain, global_errors)  # fmt: skip
 
-    rts = _diff("routes", snapshot.items("routes"), prev)
+    rts = _diff("routes", snapshot, prev)
     if prev is None or global_changed:
         dirty = set(rts.raws)
     else:
@@ -461,8 +501,13 @@ def build_state(
     items = snapshot.items("routes")
     router = _next_router(prev, rts, items, router_changes, entries, router_kind)
     cache.router = router
-    cache.objs = {"upstreams": ups.objs, "services": svc.objs, "plugin_configs": pcs.objs,
-                  "routes": rts.objs}  # fmt: skip
+    cache.version = snapshot.version
+    cache.objs = {
+        name: diff.objs
+        for name, diff in (("upstreams", ups), ("services", svc), ("plugin_configs", pcs),
+                           ("routes", rts))
+        if diff.objs is not None
+    }
     cache.raws = {"upstreams": ups.raws, "services": svc.raws, "plugin_configs": pcs.raws,
                   "routes": rts.raws}  # fmt: skip
     cache.upstreams, cache.services, cache.service_upstreams = (

@@ -77,6 +77,11 @@ def test_updates_match_like_a_full_build(kind: str, seed: int) -> None:
         assert outcome(router) == before, "the old router must not change"
         fresh = Router(list(table.values()), kind)
         assert outcome(updated) == outcome(fresh)
+        for label, group in fresh._groups.items():  # same walk strategy as a full build
+            assert group.tree is not None and updated._groups[label].tree is not None
+            assert updated._groups[label].tree.shape == group.tree.shape
+            assert updated._groups[label].tree.walk == group.tree.walk
+        assert fresh._groups.keys() == updated._groups.keys()
         assert len(updated) == len(table)
         router = updated
 

@@ -9,7 +9,7 @@ import pytest
 from kernel.plugins.loader import load_registry
 from kernel.plugins.manager import PluginRegistry
 from kernel.state import SnapshotValidator, build_state
-from kernel.store.base import Snapshot, freeze_collections
+from kernel.store.base import Snapshot, SnapshotDelta, freeze_collections, item_key
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,8 @@ def _view(state: Any) -> dict[str, Any]:
     return {"routes": out, "probes": probes}
 
 
-def test_incremental_builds_equal_full_builds(registry: PluginRegistry) -> None:
+@pytest.mark.parametrize("with_delta", [False, True])
+def test_incremental_builds_equal_full_builds(registry: PluginRegistry, with_delta: bool) -> None:
     """Each step changes one thing a route depends on; the state built from the previous one
     must look exactly like a state built from nothing."""
     upstreams = [{"id": "u", **up(1)}]
@@ -156,13 +157,34 @@ def test_incremental_builds_equal_full_builds(registry: PluginRegistry) -> None:
         lambda: configs.clear(),
     ]
     state = None
-    for step in steps:
+    before: Snapshot | None = None
+    for n, step in enumerate(steps):
         step()
-        s = snap(upstreams=list(upstreams), services=list(services), plugin_configs=list(configs),
-                 routes=list(routes), global_rules=list(globals_))  # fmt: skip
+        collections = dict(upstreams=list(upstreams), services=list(services),
+                           plugin_configs=list(configs), routes=list(routes),
+                           global_rules=list(globals_))  # fmt: skip
+        delta = None
+        if with_delta and before is not None:
+            delta = SnapshotDelta(before.version, _delta(before, collections))
+        s = Snapshot(str(n), freeze_collections(collections), None, delta)
         state = build_state(s, registry, previous=None if state is None else state.cache)
         fresh = build_state(s, registry)
         assert _view(state) == _view(fresh)
+        before = s
+
+
+def _delta(
+    before: Snapshot, after: dict[str, list[dict[str, Any]]]
+) -> dict[str, dict[str, dict[str, Any] | None]]:
+    out: dict[str, dict[str, dict[str, Any] | None]] = {}
+    for name, items in after.items():
+        old = {item_key(name, i): i for i in before.items(name)}
+        new = {item_key(name, i): i for i in items}
+        changed: dict[str, dict[str, Any] | None] = {k: None for k in old.keys() - new.keys()}
+        changed.update((k, v) for k, v in new.items() if old.get(k) is not v)
+        if changed:
+            out[name] = changed
+    return out
 
 
 def test_validator_keeps_reporting_unchanged_bad_items(registry: PluginRegistry) -> None:

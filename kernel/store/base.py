@@ -57,6 +57,19 @@ class Problem:
 
 
 @dataclass(frozen=True)
+class SnapshotDelta:
+    """How a snapshot differs from the snapshot it was derived from: a hint for consumers
+    that still hold that base (they may do only this much work); anyone else reads the whole
+    snapshot, which is always complete."""
+
+    base: str
+    """The ``version`` of the snapshot this one was derived from."""
+    changed: Mapping[str, Mapping[str, dict[str, Any] | None]]
+    """collection -> :func:`item_key` -> the new item, or ``None`` when it was removed.
+    Collections not named here did not change."""
+
+
+@dataclass(frozen=True)
 class Snapshot:
     """One complete, validated configuration.
 
@@ -72,6 +85,8 @@ class Snapshot:
     version: str
     collections: Mapping[str, tuple[dict[str, Any], ...]]
     plugins: tuple[str, ...] | None = None
+    delta: SnapshotDelta | None = None
+    """Set by stores that know exactly what changed since their previous snapshot."""
 
     @classmethod
     def empty(cls, version: str) -> Snapshot:
