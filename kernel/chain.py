@@ -28,6 +28,7 @@ from plugin_sdk.expr import compile_expr
 from plugin_sdk.hooks import PHASES
 from plugin_sdk.response import Response
 
+from .encryption import Keyring, decrypt_plugin_conf
 from .plugins.manager import PluginInfo, prepare_conf
 
 if TYPE_CHECKING:
@@ -178,7 +179,8 @@ def compile_chain(
 
     * names not in ``registry`` (not enabled on this node) are skipped silently (spec §6.2);
     * ``_meta.disable: true`` drops the plugin (its conf is not even validated);
-    * each conf is validated once and the hooks get a deep copy with defaults filled;
+    * each conf is validated once and the hooks get a deep copy with defaults filled (the
+      plugin's ``encrypt_fields`` decrypted with ``registry.keyring`` first, spec §10.2);
       an invalid conf drops that plugin and adds
       ``failed to check the configuration of plugin <name> err: <msg>`` to the errors;
       a non-object conf adds ``invalid plugin conf <json> for plugin [<name>]``;
@@ -195,6 +197,7 @@ def compile_chain(
     if not plugins:
         return EMPTY_CHAIN, errors
     rank = registry.rank()
+    keyring = getattr(registry, "keyring", None)
     entries: list[tuple[int, int, PluginInfo, Any, Filter | None, Any]] = []
     for name, conf in plugins.items():
         info = registry.get(name)
@@ -207,7 +210,7 @@ def compile_chain(
             continue
         if _is_disabled(conf):
             continue
-        filled, err = _validated(info, conf, memo)
+        filled, err = _validated(info, conf, memo, keyring)
         if err is not None or filled is None:
             errors.append(f"failed to check the configuration of plugin {name} err: {err}")
             continue
@@ -249,17 +252,34 @@ def compile_chain(
     return chain, errors
 
 
-def _validated(info: PluginInfo, conf: Any, memo: Memo | None) -> tuple[Any, str | None]:
+def _validated(
+    info: PluginInfo, conf: Any, memo: Memo | None, keyring: Keyring | None = None
+) -> tuple[Any, str | None]:
+    """The hook conf of ``conf`` (validated, defaults filled) or the error. The plugin's
+    ``encrypt_fields`` are decrypted first (spec §10.2), so checks and hooks see plaintext."""
     if memo is not None:
         hit = memo.get((id(conf), info.name))
         # The memo holds `conf`, so an equal id is the same object while the memo lives.
         if hit is not None and hit[0] is conf:
             return hit[1], hit[2]
-    filled, err = prepare_conf(info, conf)
+    filled, err = prepare_conf(info, _plaintext(info, conf, keyring))
     result = PluginConf(filled) if filled is not None else None
     if memo is not None:
         memo[(id(conf), info.name)] = (conf, result, err)
     return result, err
+
+
+def _plaintext(info: PluginInfo, conf: Any, keyring: Keyring | None) -> Any:
+    if keyring is None or not info.encrypt_fields:
+        return conf
+    return decrypt_plugin_conf(conf, info.encrypt_fields, keyring, plugin=info.name)
+
+
+def plaintext_conf(info: PluginInfo, conf: Any, registry: PluginRegistry) -> Any:
+    """A stored plugin ``conf`` as the plugin sees it: its ``encrypt_fields`` decrypted with
+    ``registry.keyring`` (a copy where anything changed). For code that checks stored config
+    outside :func:`compile_chain`, e.g. a snapshot validator."""
+    return _plaintext(info, conf, getattr(registry, "keyring", None))
 
 
 # -- runners ------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kernel import schemas
-from kernel.chain import EMPTY_CHAIN, Chain, compile_chain, merge_plugins
+from kernel.chain import EMPTY_CHAIN, Chain, compile_chain, merge_plugins, plaintext_conf
 from kernel.plugins.manager import PluginRegistry, check_conf
 from kernel.router import Router, RouteSpec
 from kernel.store.base import COLLECTIONS, Problem, Snapshot, item_key
@@ -153,7 +153,7 @@ def item_problems(
             if info is None:
                 out.append((f".plugins.{name}", f"unknown plugin [{name}]"))
                 continue
-            err_msg = check_conf(info, conf)
+            err_msg = check_conf(info, plaintext_conf(info, conf, registry))
             if err_msg is not None:
                 out.append((
                     f".plugins.{name}",

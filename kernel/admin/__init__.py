@@ -5,7 +5,7 @@ it. Every write goes to the :class:`~kernel.store.resources.ResourceStore`; the 
 through the store's watch side. Modules: :mod:`.transport` (headers, CORS, bodies),
 :mod:`.auth` (keys, roles, ``allow_admin``), :mod:`.resources` (the resource table),
 :mod:`.handlers` (GET/PUT/POST/PATCH/DELETE), :mod:`.checks` (validation, references),
-:mod:`.meta` (plugins, schemas, reload).
+:mod:`.meta` (plugins, schemas, reload), :mod:`.sealing` (fields encrypted at rest).
 """
 
 from __future__ import annotations
@@ -13,11 +13,13 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from aiohttp import web
 
 from kernel.config import Config
+from kernel.encryption import DataEncryption
 from kernel.plugins.manager import PluginRegistry
 from kernel.store.resources import ResourceStore
 
@@ -50,6 +52,11 @@ class AdminContext:
     reload_plugins: Callable[[], Awaitable[None]]
     """``PUT /apisix/admin/plugins/reload``."""
     config: Config
+
+    @cached_property
+    def encryption(self) -> DataEncryption:
+        """``apisix.data_encryption`` (spec §10.2), read from ``config`` on first use."""
+        return DataEncryption.from_config(self.config)
 
 
 def _check_token(ctx: AdminContext, request: web.Request) -> None:

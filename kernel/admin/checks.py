@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from kernel.encryption import Keyring
 from kernel.plugins.manager import PluginRegistry, check_conf
 from kernel.schemas import ValidationError, validate_resource, vars_error
 from kernel.schemas.messages import cjson_encode
@@ -152,8 +153,11 @@ async def _consumers_and_credentials(store: ResourceStore) -> list[Entry]:
     return out
 
 
-async def check_duplicate_keys(store: ResourceStore, own_key: str, plugins: Any) -> None:
-    """Auth keys (key-auth ``key``, ...) must be unique across consumers and credentials."""
+async def check_duplicate_keys(
+    store: ResourceStore, own_key: str, plugins: Any, keyring: Keyring | None = None
+) -> None:
+    """Auth keys (key-auth ``key``, ...) must be unique across consumers and credentials.
+    Stored keys may be encrypted (spec §10.2): ``keyring`` decrypts them for the comparison."""
     if not isinstance(plugins, dict):
         return
     wanted = {
@@ -173,7 +177,7 @@ async def check_duplicate_keys(store: ResourceStore, own_key: str, plugins: Any)
         for name, value in wanted.items():
             conf = other.get(name)
             attr = AUTH_KEY_ATTRS[name]
-            if not isinstance(conf, dict) or conf.get(attr) != value:
+            if not isinstance(conf, dict) or _revealed(conf.get(attr), keyring) != value:
                 continue
             rest = entry.key[len(base) :]
             if "/credentials/" in rest:
@@ -184,6 +188,13 @@ async def check_duplicate_keys(store: ResourceStore, own_key: str, plugins: Any)
                     f"of consumer: {user}",
                 )
             raise error(400, f"duplicate key of plugin {name} found with consumer: {rest}")
+
+
+def _revealed(stored: Any, keyring: Keyring | None) -> Any:
+    if keyring is None or not isinstance(stored, str):
+        return stored
+    plain = keyring.decrypt(stored)
+    return stored if plain is None else plain
 
 
 # -- per-resource checkers -----------------------------------------------------------------------
@@ -198,6 +209,7 @@ async def check_resource(
     rid: Any,
     key: str,
     path_username: str | None = None,
+    keyring: Keyring | None = None,
 ) -> None:
     """The resource's own checks (after id and forbidden-field checks)."""
     name = rk.name
@@ -242,7 +254,7 @@ async def check_resource(
                     raise error(400, "only supports auth type plugins in consumer credential")
         if name == "consumers" and conf.get("group_id") is not None:
             await require(store, "consumer_groups", conf["group_id"], "consumer group")
-        await check_duplicate_keys(store, key, conf.get("plugins"))
+        await check_duplicate_keys(store, key, conf.get("plugins"), keyring)
         return
     err = plugins_error(registry, conf.get("plugins"), "route")
     if err is not None:

@@ -12,7 +12,7 @@ from urllib.parse import parse_qsl
 from kernel.store.base import ConfigRejected
 from kernel.store.resources import Entry, RevisionConflict, StoreUnavailable
 
-from . import checks
+from . import checks, sealing
 from .resources import ResourceKind
 from .transport import AdminError, error
 
@@ -60,20 +60,13 @@ class Target:
         return self.directory() + checks.lua_str(rid)
 
 
-def _envelope(rk: ResourceKind, entry: Entry) -> dict[str, Any]:
+def _envelope(t: Target, entry: Entry) -> dict[str, Any]:
     return {
         "key": entry.key,
-        "value": _public(rk, entry.value),
+        "value": sealing.public(t.ctx, t.rk, entry.value),
         "createdIndex": entry.create_revision,
         "modifiedIndex": entry.mod_revision,
     }
-
-
-def _public(rk: ResourceKind, value: Any) -> Any:
-    """The value as GET shows it: SSL private keys removed."""
-    if rk.name == "ssls" and isinstance(value, dict) and ("key" in value or "keys" in value):
-        value = {k: v for k, v in value.items() if k not in ("key", "keys")}
-    return value
 
 
 def _written(entry: Entry) -> dict[str, Any]:
@@ -102,12 +95,12 @@ async def get(t: Target, args: Mapping[str, str]) -> Reply:
         entry = await store.get(t.key(t.rid))
         if entry is None:
             return 404, KEY_NOT_FOUND
-        return 200, _envelope(t.rk, entry)
+        return 200, _envelope(t, entry)
     entries = await store.list(t.directory())
     if t.rk.name == "consumers":
         base = len(t.directory())
         entries = [e for e in entries if "/" not in e.key[base:]]
-    items = [_envelope(t.rk, e) for e in entries if _matches(t.rk, e.value, args)]
+    items = [_envelope(t, e) for e in entries if _matches(t.rk, e.value, args)]
     total = len(items)
     page, page_size = _number(args.get("page")), _number(args.get("page_size"))
     if page is not None and page_size is not None:
@@ -200,6 +193,7 @@ async def _validate(
         rid=rid,
         key=key,
         path_username=path_username,
+        keyring=t.ctx.encryption.plugin_keyring,
     )
 
 
@@ -231,6 +225,7 @@ async def put(t: Target, conf: Any, args: Mapping[str, str]) -> Reply:
     key = t.key(rid) if rid is not None else t.directory()
     await _validate(t, conf, rid, key, path_username)
     await _require_consumer(t)
+    conf = sealing.seal(t.ctx, rk, conf)
     prev = await t.ctx.store.get(key)
     if rk.name != "plugin_metadata":
         _inject_timestamps(conf, prev.value if prev is not None else None)
@@ -248,6 +243,7 @@ async def post(t: Target, conf: Any, args: Mapping[str, str]) -> Reply:
     rid = await t.ctx.store.next_id()
     if isinstance(conf, dict):
         conf["id"] = rid
+    conf = sealing.seal(t.ctx, t.rk, conf)
     _inject_timestamps(conf, None)
     entry = await t.ctx.store.put(t.key(rid), conf, prev_revision=0, ttl=_ttl(args))
     return 201, _written(entry)
@@ -296,7 +292,7 @@ async def patch(t: Target, conf: Any, args: Mapping[str, str]) -> Reply:
     old = await t.ctx.store.get(key)
     if old is None:
         return 404, KEY_NOT_FOUND
-    value = copy.deepcopy(old.value)
+    value = sealing.unseal(t.ctx, t.rk, copy.deepcopy(old.value))
     if t.sub_path:
         value = patch_path(value, t.sub_path, copy.deepcopy(conf))
         _inject_timestamps(value, None, True)
@@ -307,6 +303,7 @@ async def patch(t: Target, conf: Any, args: Mapping[str, str]) -> Reply:
         _inject_timestamps(value, None, conf)
     checks.check_id(t.rk, t.rid, value, need_id=True)
     await _validate(t, value, t.rid, key)
+    value = sealing.seal(t.ctx, t.rk, value)
     try:
         entry = await t.ctx.store.put(key, value, prev_revision=old.mod_revision, ttl=_ttl(args))
     except RevisionConflict:

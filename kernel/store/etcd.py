@@ -12,7 +12,13 @@ kernel's ``validate`` are kept at their previous value (left out when new) and l
   re-read, rebuilt from scratch (invalid items again keep their previous value);
 * connection errors -> keep serving the last snapshot, retry after ``resync_delay`` + 0-50 %
   jitter, doubling up to ``min(32 s, 8 x resync_delay)``; resume from the last applied
-  ``mod_revision + 1`` so no event is lost.
+  ``mod_revision + 1`` so no event is lost. With several endpoints, one that fails is skipped
+  for ``health_check_timeout`` seconds (see :mod:`kernel.store.etcd_client`).
+
+Startup: the initial read is tried ``startup_retry`` times (default 2, at least once). When all
+fail, a store built with ``must_connect=True`` (traditional and control-plane nodes, as APISIX's
+CLI does) raises :class:`EtcdStartupError`; otherwise (data planes) it starts with an empty
+config and keeps retrying in the background.
 
 Write side: :class:`~kernel.store.resources.ResourceStore` on etcd's keyspace (compare-and-swap on
 ``mod_revision``, TTL through leases, ids from the revision of a put to ``<prefix>/gen_id``).
@@ -36,8 +42,10 @@ from kernel.store.base import (
     ConfigStore,
     Problem,
     Snapshot,
+    SnapshotDelta,
     Validate,
     freeze_collections,
+    item_key,
 )
 from kernel.store.etcd_client import Compacted, EtcdClient, KeyValue, TLSConfig
 from kernel.store.resources import Entry, ResourceStore, RevisionConflict, StoreUnavailable
@@ -70,6 +78,10 @@ class _BadValue(Exception):
     pass
 
 
+class EtcdStartupError(StoreUnavailable):
+    """No etcd endpoint answered the initial read within ``startup_retry`` attempts."""
+
+
 def _hosts(conf: Mapping[str, Any]) -> list[str]:
     host = conf.get("host") or ["http://127.0.0.1:2379"]
     if isinstance(host, str):
@@ -89,6 +101,7 @@ class EtcdStore(ConfigStore, ResourceStore):
         ssl_trusted_certificate: str | None = None,
         on_status: Callable[[bool], None] | None = None,
         logger: logging.Logger | None = None,
+        must_connect: bool = False,
     ) -> None:
         conf = dict(conf or {})
         self._conf = conf
@@ -97,6 +110,9 @@ class EtcdStore(ConfigStore, ResourceStore):
         self._timeout = float(conf.get("timeout", 30))
         self._watch_timeout = float(conf.get("watch_timeout", 50))
         self._resync_delay = float(conf.get("resync_delay", 5))
+        self._health_check_timeout = float(conf.get("health_check_timeout", 10))
+        self._startup_retry = max(1, int(conf.get("startup_retry", 2)))
+        self._must_connect = must_connect
         tls = conf.get("tls") or {}
         ca = (
             ssl_trusted_certificate if ssl_trusted_certificate not in (None, "", "system") else None
@@ -123,6 +139,7 @@ class EtcdStore(ConfigStore, ResourceStore):
         self._rejected: dict[str, int] = {}  # key -> mod_revision found invalid (logged once)
         self._revision = 0
         self._current: Snapshot | None = None
+        self._handed: str | None = None  # version of the last snapshot given to on_change
         self._on_change: Callable[[Snapshot], None] | None = None
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
@@ -138,6 +155,7 @@ class EtcdStore(ConfigStore, ResourceStore):
             password=None if conf.get("password") is None else str(conf.get("password")),
             timeout=self._timeout,
             tls=self._tls,
+            health_check_timeout=self._health_check_timeout,
         )
 
     @property
@@ -152,15 +170,37 @@ class EtcdStore(ConfigStore, ResourceStore):
         self._on_change = on_change
         self._lock = asyncio.Lock()
         try:
-            async with self._lock:
-                await self._full_reload()
-        except StoreUnavailable as e:
+            await self._initial_read()
+        except EtcdStartupError as e:
             self._status(False)
-            self._log.error("etcd: initial read failed (%s); starting with an empty config", e)
+            if self._must_connect:
+                self._on_change = None
+                await self._client.close()
+                raise
+            self._log.error("%s; starting with an empty config", e)
             self._need_reload = True
             self._current = Snapshot.empty("etcd:0")
             self._safe_on_change(self._current)
         self._task = asyncio.create_task(self._watch_loop(), name="etcd-store-watch")
+
+    async def _initial_read(self) -> None:
+        """The first full read, tried ``startup_retry`` times (runs once, in :meth:`start`)."""
+        attempts = self._startup_retry
+        for attempt in range(1, attempts + 1):
+            try:
+                async with self._lock:
+                    await self._full_reload()
+                return
+            except StoreUnavailable as e:
+                if attempt == attempts:
+                    raise EtcdStartupError(
+                        f"all etcd nodes are unavailable: the initial read of {self._dir} "
+                        f"failed {attempts} time(s) (deployment.etcd.startup_retry): {e}"
+                    ) from None
+                self._log.warning(
+                    "etcd: initial read failed (%s), retry %d/%d", e, attempt, attempts - 1
+                )
+                await asyncio.sleep(min(self._resync_delay, 1.0))
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -427,20 +467,32 @@ class EtcdStore(ConfigStore, ResourceStore):
                                     key=lambda kv: (kv[1].create_revision, kv[0])):
                 ordered.setdefault(item.collection, {})[key] = item
             dirty: set[str] = set(COLLECTIONS)
+            delta: dict[str, dict[str, dict[str, Any] | None]] | None = None
         else:
             dirty = set()
+            delta = {}
             for key in changed:
                 it = self._accepted.get(key)
                 if it is None:
                     for coll in ordered.values():
-                        if coll.pop(key, None) is not None:
+                        gone = coll.pop(key, None)
+                        if gone is not None:
+                            delta.setdefault(gone.collection, {})[
+                                item_key(gone.collection, gone.item)
+                            ] = None
                             break
                     where = self._classify(key)
                     if where is not None:
                         dirty.add(where[0])
                     continue
                 coll = ordered.setdefault(it.collection, {})
+                old = coll.get(key)
+                if old is not None and old.item is not it.item:
+                    old_key = item_key(it.collection, old.item)
+                    if old_key != item_key(it.collection, it.item):
+                        delta.setdefault(it.collection, {})[old_key] = None
                 coll[key] = it  # an update keeps its place; a new key (newest) goes last
+                delta.setdefault(it.collection, {})[item_key(it.collection, it.item)] = it.item
                 dirty.add(it.collection)
         base = self._current
         collections: dict[str, Any] = {}
@@ -449,8 +501,15 @@ class EtcdStore(ConfigStore, ResourceStore):
                 collections[name] = [it.item for it in ordered.get(name, {}).values()]
             else:
                 collections[name] = base.items(name)
-        snapshot = Snapshot(f"etcd:{self._revision}", freeze_collections(collections),
-                            self._plugins)
+        snapshot = Snapshot(
+            f"etcd:{self._revision}",
+            freeze_collections(collections),
+            self._plugins,
+            # relative to the last snapshot handed out, even one the consumer refused: a
+            # consumer that refused it no longer holds the base and reads the whole snapshot
+            None if delta is None or self._handed is None else SnapshotDelta(self._handed, delta),
+        )
+        self._handed = snapshot.version
         previous = self._current
         self._current = snapshot
         if not self._safe_on_change(snapshot):

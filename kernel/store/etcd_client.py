@@ -11,7 +11,10 @@ One shared :class:`aiohttp.ClientSession` (created lazily on the running loop, c
 * auth: ``/v3/auth/authenticate`` (sent without any stale token), the token goes in the
   ``Authorization`` header; on HTTP 401 / ``invalid auth token`` / an auth-cancelled watch the
   client re-authenticates and retries once;
-* several endpoints: a connection error moves to the next one; the last good one is remembered.
+* several endpoints (spec §3.2 point 7): requests go to the first healthy endpoint in the
+  configured order; one that fails to connect (or times out) is marked unhealthy and skipped
+  for ``health_check_timeout`` seconds while another is healthy; when none is, all are tried.
+  A single endpoint is never skipped.
 
 Every failure to talk to etcd raises :class:`~kernel.store.resources.StoreUnavailable` with a
 message naming the endpoint. Callers (the etcd store) own resume and backoff logic: a watch is
@@ -144,6 +147,7 @@ class EtcdClient:
         password: str | None = None,
         timeout: float = 30.0,
         tls: TLSConfig | None = None,
+        health_check_timeout: float = 10.0,
     ) -> None:
         if not endpoints:
             raise ValueError("etcd: no endpoints configured")
@@ -154,7 +158,13 @@ class EtcdClient:
         self.tls = tls or TLSConfig()
         self._session: aiohttp.ClientSession | None = None
         self._token: str | None = None
+        self.health_check_timeout = float(health_check_timeout)
+        if self.health_check_timeout < 0:  # as APISIX: a negative value means the default
+            self.health_check_timeout = 10.0
         self._good = 0
+        """The endpoint that answered last (for logs and tests)."""
+        self._down_until: dict[int, float] = {}
+        """Endpoint index -> ``time.monotonic()`` until which it is skipped."""
         self._auth_lock: asyncio.Lock | None = None
         self._ssl: ssl.SSLContext | bool | None = None
 
@@ -185,8 +195,34 @@ class EtcdClient:
             await session.close()
 
     def _order(self) -> list[int]:
+        """Endpoint indexes to try for one request: the healthy ones in configured order, or
+        every endpoint when none is healthy."""
         n = len(self.endpoints)
-        return [(self._good + i) % n for i in range(n)]
+        if n == 1 or not self._down_until:
+            return list(range(n))
+        now = time.monotonic()
+        healthy = [i for i in range(n) if self._down_until.get(i, 0.0) <= now]
+        return healthy or list(range(n))
+
+    def _failed(self, i: int, reason: str) -> None:
+        """Endpoint ``i`` could not be reached: skip it for ``health_check_timeout``."""
+        if len(self.endpoints) == 1 or self.health_check_timeout <= 0:
+            return
+        if self._down_until.get(i, 0.0) <= time.monotonic():
+            _log.warning(
+                "etcd endpoint %s is unhealthy (%s); skipped for %gs",
+                self.endpoints[i], reason, self.health_check_timeout,
+            )
+        self._down_until[i] = time.monotonic() + self.health_check_timeout
+
+    def _answered(self, i: int) -> None:
+        self._good = i
+        self._down_until.pop(i, None)
+
+    def unhealthy(self) -> list[str]:
+        """Endpoints currently skipped by the health check."""
+        now = time.monotonic()
+        return [self.endpoints[i] for i, t in sorted(self._down_until.items()) if t > now]
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": self._token} if self._token else {}
@@ -230,9 +266,11 @@ class EtcdClient:
                     # request never reached it; one fresh connection before giving up
                     text, status = await self._send(session, url, payload, timeout)
             except (TimeoutError, aiohttp.ClientError, OSError) as e:
-                errors.append(f"{self.endpoints[i]}: {type(e).__name__}: {e}".rstrip(": "))
+                reason = f"{type(e).__name__}: {e}".rstrip(": ")
+                errors.append(f"{self.endpoints[i]}: {reason}")
+                self._failed(i, reason)
                 continue
-            self._good = i
+            self._answered(i)
             try:
                 body = json.loads(text) if text else {}
             except json.JSONDecodeError:
@@ -448,9 +486,11 @@ class EtcdClient:
                         **self._request_kwargs(),
                     )  # fmt: skip
             except (TimeoutError, aiohttp.ClientError, OSError) as e:
-                errors.append(f"{endpoint}: {type(e).__name__}: {e}".rstrip(": "))
+                reason = f"{type(e).__name__}: {e}".rstrip(": ")
+                errors.append(f"{endpoint}: {reason}")
+                self._failed(i, reason)
                 continue
-            self._good = i
+            self._answered(i)
             break
         else:
             raise StoreUnavailable("etcd unreachable: " + "; ".join(errors))

@@ -70,6 +70,7 @@ def make_stores(cfg: Config, validate: Validate) -> Stores:
             validate=validate,
             read_only=not writable,
             ssl_trusted_certificate=_trusted_ca(cfg),
+            must_connect=writable,  # as APISIX: only data planes start without etcd
         )
         return Stores(etcd, etcd if writable else None)
     from kernel.store.yaml_file import YamlFileStore
