@@ -1,4 +1,4 @@
-"""``sixgate``: start, stop, reload, validate, version."""
+"""``sixgate``: start, stop, reload, validate, plugins status, version."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from pathlib import Path
 from kernel import APISIX_VERSION, __version__
 from kernel import config as config_mod
 from kernel.config import Config, ConfigError, load_config
+from kernel.store.resources import StoreUnavailable
 
 log = logging.getLogger("sixgate")
 
@@ -154,7 +155,7 @@ async def _serve(cfg: Config, slot: int = 0, supervised: bool = False) -> int:
     gateway = Gateway(cfg, slot=slot, supervised=supervised)
     try:
         await gateway.start()
-    except OSError as err:
+    except (OSError, StoreUnavailable) as err:
         log.error("cannot start: %s", err)
         await gateway.stop(0)
         return 1
@@ -176,7 +177,9 @@ async def _serve(cfg: Config, slot: int = 0, supervised: bool = False) -> int:
         except ConfigError as err:
             log.error("reload refused: %s", err)
             return
-        gateway.reload_plugins(new_cfg)
+        gateway.reload_plugins(new_cfg, trigger="signal")
+        if not gateway.plugins_ok():
+            return  # refused: nothing changed (see `sixgate plugins status`)
         refreshing.add(loop.create_task(gateway.after_plugin_reload()))
         for task in [t for t in refreshing if t.done()]:
             refreshing.discard(task)
@@ -314,6 +317,30 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- plugins status -------------------------------------------------------------------------
+def cmd_plugins_status(args: argparse.Namespace) -> int:
+    """Show each worker's loaded plugins and its last plugin (re)load, from the status files the
+    gateway writes next to its pid file. Exit status 1 when a worker's last reload was refused."""
+    import json
+
+    from kernel.gateway import Gateway
+    from kernel.plugins.reload import format_status, read_status_files
+
+    try:
+        cfg = _load(args.config)
+    except ConfigError as err:
+        return _fail(str(err))
+    logs_dir = Gateway.logs_dir(cfg)
+    docs = [d for d in read_status_files(logs_dir) if _alive(int(d.get("pid") or 0))]
+    if not docs:
+        return _fail(f"no running gateway wrote a plugin status in {logs_dir}")
+    if args.json:
+        print(json.dumps(docs, indent=2))
+    else:
+        print(format_status(docs))
+    return 0 if all((d.get("last") or {}).get("ok", True) for d in docs) else 1
+
+
 def cmd_version(_: argparse.Namespace) -> int:
     print(f"sixgate {__version__} (APISIX {APISIX_VERSION} compatible)")
     return 0
@@ -339,6 +366,14 @@ def build_parser() -> argparse.ArgumentParser:
     with_config(
         sub.add_parser("validate", help="check config.yaml and the standalone file")
     ).set_defaults(func=cmd_validate)
+    plugins = sub.add_parser("plugins", help="plugin commands").add_subparsers(
+        dest="plugins_command", required=True
+    )
+    status = with_config(plugins.add_parser(
+        "status", help="loaded plugins and the last (re)load of a running gateway"
+    ))
+    status.add_argument("--json", action="store_true", help="print the raw status documents")
+    status.set_defaults(func=cmd_plugins_status)
     sub.add_parser("version", help="print the version").set_defaults(func=cmd_version)
     return parser
 

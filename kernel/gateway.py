@@ -18,8 +18,11 @@ from typing import Any
 from kernel import config as config_mod
 from kernel.accesslog import AccessLog
 from kernel.config import Config
+from kernel.encryption import DataEncryption
 from kernel.plugins.loader import load_registry
 from kernel.plugins.manager import PluginRegistry
+from kernel.plugins.reload import PluginStatus, ReloadOutcome, refusal_reasons, status_path
+from kernel.plugins.watcher import PluginWatcher, WatchTargets, targets_for
 from kernel.proxy import Proxy
 from kernel.server import HttpProtocol, RealIP, ServerLimits
 from kernel.state import (
@@ -89,8 +92,15 @@ class Gateway:
         self.slot = slot
         self.supervised = supervised
         self._registries: dict[tuple[str, ...] | None, PluginRegistry] = {}
+        self._load_errors: dict[tuple[str, ...] | None, list[str]] = {}
         self._validator = SnapshotValidator()
+        # -- plugin hot reload (kernel/plugins/reload.py, watcher.py) --
+        self.plugin_status = PluginStatus(status_path(self.logs_dir(cfg), slot), slot)
+        self.plugin_watcher: PluginWatcher | None = None
+        self._pending_reloads: set[asyncio.Task[None]] = set()
+        started = time.perf_counter()
         self.registry = self._load_registry(None)
+        self._record_plugins("startup", True, self._load_errors.get(None, []), started)
         self.holder = StateHolder(empty_state(self.registry))
         self.last_error: str | None = None
         stores = make_stores(cfg, self.validate)
@@ -120,16 +130,23 @@ class Gateway:
             return list(override)
         return [str(p) for p in (self.cfg.get("plugins") or [])]
 
-    def _load_registry(self, override: tuple[str, ...] | None) -> PluginRegistry:
+    def _plugin_dirs(self) -> list[Path]:
+        return [self.cfg.resolve(d) for d in (self.cfg.get("apisix.plugin_dirs") or [])]
+
+    def _load_registry(
+        self, override: tuple[str, ...] | None, *, rescan: bool = False, init: bool = True
+    ) -> PluginRegistry:
         cached = self._registries.get(override)
         if cached is not None:
             return cached
-        dirs = [self.cfg.resolve(d) for d in (self.cfg.get("apisix.plugin_dirs") or [])]
         registry, errors = load_registry(
-            self._plugin_names(override), dirs, self.cfg.get("plugin_attr") or {}
+            self._plugin_names(override), self._plugin_dirs(), self.cfg.get("plugin_attr") or {},
+            rescan=rescan, init=init,
         )
+        self._load_errors[override] = errors
         for err in errors:
             log.error("plugin: %s", err)
+        registry.keyring = DataEncryption.from_config(self.cfg).plugin_keyring
         self._registries[override] = registry
         return registry
 
@@ -180,20 +197,99 @@ class Gateway:
         )
         return state
 
-    def reload_plugins(self, cfg: Config | None = None) -> GatewayState | None:
-        """Re-read the plugin list and ``plugin_attr`` (SIGHUP) and apply them."""
+    # --- plugin hot reload (one mechanism for every trigger) -----------------------------
+    def reload_plugins(
+        self, cfg: Config | None = None, trigger: str = "admin"
+    ) -> GatewayState | None:
+        """Load the next plugin generation beside the live one and swap it in.
+
+        ``cfg`` (a re-read config.yaml) brings a new plugin list and ``plugin_attr``. Entry
+        points are rescanned (new packs appear) and changed plugin sources are imported
+        beside the live modules. A generation that would take a live plugin away (syntax or
+        import error, invalid module) or whose schemas reject a stored plugin conf is refused:
+        nothing changes, the error is logged and recorded for ``sixgate plugins status``.
+        Returns the new state (``None`` when refused or when no config is loaded yet).
+        """
+        started = time.perf_counter()
+        watcher = self.plugin_watcher
+        sources_before = watcher.snapshot() if watcher is not None else None
+        old_cfg, old_registries = self.cfg, self._registries
         if cfg is not None:
             self.cfg = cfg
-        old = self._registries
         self._registries = {}
-        registry = self._load_registry(self._snapshot.plugins if self._snapshot else None)
+        override = self._snapshot.plugins if self._snapshot else None
+        registry = self._load_registry(override, rescan=True, init=False)
+        errors = self._load_errors.get(override, [])
+        reasons = refusal_reasons(
+            self.registry, registry, errors, self._plugin_names(override), self._snapshot
+        )
+        if reasons:
+            self.cfg, self._registries = old_cfg, old_registries
+            registry.destroy_all(call_destroy=False)
+            log.error("plugin reload (%s) refused, the previous plugins keep serving: %s",
+                      trigger, "; ".join(reasons))
+            self._record_plugins(trigger, False, reasons, started)
+            return None
+        # APISIX order: destroy() the live generation, then init() the next one.
+        for reg in old_registries.values():
+            if reg is not registry:
+                reg.destroy_all()
+        errors = errors + registry.init_all(self.cfg.get("plugin_attr") or {})
         state = self.apply(registry=registry) if self._snapshot else None
         if self._snapshot is None:
             self.registry = registry
-        for reg in old.values():
-            if reg is not registry:
-                reg.destroy_all()
+        elif state is None:
+            errors = [*errors, self.last_error or "the next state failed to build"]
+        self._record_plugins(trigger, state is not None or self._snapshot is None, errors,
+                             started)
+        if watcher is not None:
+            watcher.retarget(sources_before)
         return state
+
+    def plugins_ok(self) -> bool:
+        """Whether the last plugin load was accepted."""
+        last = self.plugin_status.last
+        return last is None or last.ok
+
+    def _record_plugins(self, trigger: str, ok: bool, errors: list[str], started: float) -> None:
+        status = self.plugin_status
+        generation = status.next_generation() if ok else status.generation
+        status.record(
+            ReloadOutcome(trigger, ok, time.time(), (time.perf_counter() - started) * 1000,
+                          generation, list(errors)),
+            self.registry,
+        )
+        if ok:
+            log.info("plugins (%s): generation %d, %d plugin(s) loaded", trigger, generation,
+                     len(self.registry))
+
+    def watch_targets(self) -> WatchTargets:
+        """The plugin sources a change of which triggers a reload."""
+        return targets_for(self._plugin_dirs(), (f for _, f in self.registry.sources.values()))
+
+    async def _start_plugin_watch(self) -> None:
+        """``apisix.plugin_watch``: true (default: watchdog + a 0.5 s poll), ``poll`` (the poll
+        only), false (reload only on request)."""
+        setting = self.cfg.get("apisix.plugin_watch", True)
+        if setting != "poll" and not config_mod.parse_flag(setting):
+            return
+        self.plugin_watcher = PluginWatcher(
+            self.watch_targets, self._on_plugin_source_change, use_watchdog=setting != "poll"
+        )
+        await self.plugin_watcher.start()
+
+    def _on_plugin_source_change(self) -> None:
+        log.warning("plugin source changed: reloading plugins")
+        self.reload_plugins(trigger="file")
+        if self.plugins_ok():
+            task = asyncio.get_running_loop().create_task(self.after_plugin_reload())
+            self._pending_reloads.add(task)
+            task.add_done_callback(self._pending_reloads.discard)
+
+    @staticmethod
+    def logs_dir(cfg: Config) -> Path:
+        """Where the pid file (and the plugin status files) live."""
+        return cfg.resolve(cfg.get("apisix.pid_file") or "logs/sixgate.pid").parent
 
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         self.apply(snapshot)
@@ -207,6 +303,7 @@ class Gateway:
         """Load the config, listen on every ``node_listen`` address (not on a control plane),
         and serve the Admin API (worker 0 of a traditional or control-plane node)."""
         await self.store.start(self._on_snapshot)
+        await self._start_plugin_watch()
         if self.resources is not None and self.slot == 0:
             await self._start_admin()
             await self.publish_plugins()
@@ -257,8 +354,9 @@ class Gateway:
         except config_mod.ConfigError as err:
             log.error("plugin reload refused: %s", err)
             return
-        self.reload_plugins(cfg)
-        await self.after_plugin_reload()
+        self.reload_plugins(cfg, trigger="admin")
+        if self.plugins_ok():
+            await self.after_plugin_reload()
 
     async def after_plugin_reload(self) -> None:
         """Re-check the stored config against the new plugin set and, on the admin worker of
@@ -292,6 +390,8 @@ class Gateway:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close()
+        if self.plugin_watcher is not None:
+            await self.plugin_watcher.stop()
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
         await self.store.stop()

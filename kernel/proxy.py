@@ -104,7 +104,11 @@ class Proxy(UpstreamForwarder):
         if chain.rewrite or chain.access:
             ctx.chain = chain
             for step in chain.rewrite + chain.access:
-                result = step.func(ctx, step.conf)
+                try:
+                    result = step.func(ctx, step.conf)
+                except Exception:  # isolated: this request gets a 500, as on the task path
+                    log.exception("plugin [%s] failed in phase %s", step.plugin, step.phase)
+                    result = Response(500)
                 if result is not None and isinstance(result, Response):
                     if step.error_response is not None and result.status >= 400:
                         result = Response(result.status, step.error_response, result.headers)
@@ -120,8 +124,14 @@ class Proxy(UpstreamForwarder):
             return True
         ctx.node = node
         for step in chain.before_proxy:
-            result = step.func(ctx, step.conf)
+            try:
+                result = step.func(ctx, step.conf)
+            except Exception:
+                log.exception("plugin [%s] failed in phase %s", step.plugin, step.phase)
+                result = Response(500)
             if result is not None and isinstance(result, Response):
+                if step.error_response is not None and result.status >= 400:
+                    result = Response(result.status, step.error_response, result.headers)
                 upstream.picker.done(node, None)
                 self.loop.create_task(self._answer(proto, req, ctx, result, chain))
                 return True

@@ -1,8 +1,8 @@
-"""fault-injection: schema messages and the rewrite logic, with a stand-in request context."""
+"""fault-injection: schema messages and the rewrite logic, on the kernel's request context
+(built by the plugin test kit, ``plugin_sdk.testing.make_context``)."""
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import pytest
@@ -11,19 +11,16 @@ import builtin_plugins.fault_injection as fi
 from kernel.chain import compile_chain, run_request_phase
 from kernel.plugins.manager import PluginInfo, PluginRegistry, check_conf
 from plugin_sdk import Response
+from plugin_sdk.testing import make_context
 
 
-class Vars(dict[str, Any]):
-    """``ctx.var`` stand-in: unset variables read as ``None``."""
-
-    def __missing__(self, key: str) -> None:
-        return None
-
-
-class Ctx:
-    def __init__(self, **var: Any) -> None:
-        self.var = Vars(var)
-        self.log = logging.getLogger("test.fault-injection")
+def Ctx(**var: Any) -> Any:
+    """The kernel's real request context (plugin_sdk.testing.make_context) with ``var``
+    preset as plugin-set variables."""
+    ctx = make_context("GET", "/hello")
+    for name, value in var.items():
+        ctx.var[name] = value
+    return ctx
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +55,7 @@ def dice(monkeypatch: pytest.MonkeyPatch, *rolls: int) -> list[tuple[int, int]]:
     return calls
 
 
-async def run(conf: dict[str, Any], ctx: Ctx | None = None) -> Response | None:
+async def run(conf: dict[str, Any], ctx: Any = None) -> Response | None:
     return await fi.rewrite(ctx or Ctx(), conf)
 
 

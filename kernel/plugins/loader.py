@@ -9,17 +9,26 @@ Two sources:
   edited source beside the live module instead of mutating it (``importlib.reload`` is never
   used).
 
+A reload rescans the entry points (after :func:`refresh_import_system`, so a pack ``pip
+install``-ed into the running environment is found) and re-imports an entry-point module whose
+source changed since it was first imported (an editable pack, a built-in during development) the
+same way: beside the live module, under a generated name inside the same package, so its relative
+imports keep working.
+
 Only the names listed in ``enabled`` (config.yaml ``plugins``) end up in the registry. Problems are
 collected as messages and the offending plugin is skipped; loading never raises.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import importlib.util
 import itertools
 import logging
+import os
 import re
+import site
 import sys
 import traceback
 from collections.abc import Iterable, Mapping
@@ -69,8 +78,15 @@ def import_plugin_file(path: Path) -> ModuleType:
     """
     gen = next(_generation)
     stem = re.sub(r"\W", "_", path.stem)
-    modname = f"{GENERATED_PREFIX}_{gen}_{stem}"
-    spec = importlib.util.spec_from_file_location(modname, path)
+    return _exec_source(f"{GENERATED_PREFIX}_{gen}_{stem}", path)
+
+
+def _exec_source(
+    modname: str, path: Path | str, search_locations: list[str] | None = None
+) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        modname, path, submodule_search_locations=search_locations
+    )
     if spec is None or spec.loader is None:
         raise ImportError(f"cannot import {path}")
     module = importlib.util.module_from_spec(spec)
@@ -78,9 +94,100 @@ def import_plugin_file(path: Path) -> ModuleType:
     try:
         spec.loader.exec_module(module)
     except BaseException:
-        sys.modules.pop(modname, None)
+        for name in [modname, *(m for m in sys.modules if m.startswith(modname + "."))]:
+            sys.modules.pop(name, None)
         raise
     return module
+
+
+# -- entry points: rescan and re-import of changed sources -------------------------------------
+
+_first_digest: dict[str, str | None] = {}
+"""Module name -> digest of its source file when the loader first saw it imported."""
+
+
+def source_digest(path: str | Path | None) -> str | None:
+    """SHA-1 of a file's bytes (``None`` when unreadable)."""
+    if path is None:
+        return None
+    try:
+        return hashlib.sha1(Path(path).read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def _site_dirs() -> list[str]:
+    dirs = list(getattr(site, "getsitepackages", list)())
+    user = getattr(site, "getusersitepackages", None)
+    if user is not None and site.ENABLE_USER_SITE:
+        dirs.append(user())
+    return [d for d in dirs if os.path.isdir(d)]
+
+
+def _pth_files() -> set[Path]:
+    found: set[Path] = set()
+    for sitedir in _site_dirs():
+        found.update(Path(sitedir).glob("*.pth"))
+    return found
+
+
+_seen_pth: set[Path] = _pth_files()
+
+
+def refresh_import_system() -> list[str]:
+    """Make packages installed since the process started importable and discoverable.
+
+    Clears the import system's directory caches (and with them ``importlib.metadata``'s), and
+    processes ``.pth`` files that appeared in the site directories since start-up (``pip install
+    -e`` writes one per editable install). Returns the new ``.pth`` files' names.
+    """
+    importlib.invalidate_caches()
+    added: list[str] = []
+    for pth in sorted(_pth_files() - _seen_pth):
+        _seen_pth.add(pth)
+        try:
+            site.addpackage(str(pth.parent), pth.name, None)
+            added.append(pth.name)
+        except Exception as exc:
+            log.error("cannot process %s: %s", pth, exc)
+    if added:
+        importlib.invalidate_caches()
+        log.info("new site .pth files processed: %s", ", ".join(added))
+    return added
+
+
+def _load_entry_point(ep: EntryPoint) -> tuple[Any, list[str]]:
+    """The plugin module of ``ep`` and the generated module names imported for it.
+
+    The first time, a plain import. Later, when the module's source file changed since then,
+    the current source is imported beside the live module (never ``importlib.reload``)."""
+    modname = ep.module
+    live = sys.modules.get(modname)
+    if live is None or ep.attr:
+        module = ep.load()
+        if modname not in _first_digest:
+            _first_digest[modname] = source_digest(getattr(sys.modules.get(modname), "__file__",
+                                                           None))
+        return module, []
+    path = getattr(live, "__file__", None)
+    digest = source_digest(path)
+    first = _first_digest.setdefault(modname, digest)
+    if path is None or digest is None or digest == first:
+        return live, []
+    parent, _, leaf = modname.rpartition(".")
+    generated = f"{GENERATED_PREFIX}_{next(_generation)}_{leaf}"
+    if parent:
+        generated = f"{parent}.{generated}"
+    search = list(live.__path__) if hasattr(live, "__path__") else None
+    module = _exec_source(generated, path, search)
+    owned = [generated, *(m for m in sys.modules if m.startswith(generated + "."))]
+    return module, owned
+
+
+def module_source(module: Any) -> str | None:
+    """The file a plugin module was imported from (``None`` for built-in/dynamic modules)."""
+    path = getattr(module, "__file__", None)
+    return os.path.abspath(path) if path else None
 
 
 def _plugin_files(directory: Path) -> list[Path]:
@@ -96,6 +203,7 @@ def load_registry(
     *,
     group: str = ENTRY_POINT_GROUP,
     init: bool = True,
+    rescan: bool = False,
 ) -> tuple[PluginRegistry, list[str]]:
     """Build the registry of the ``enabled`` plugins; returns ``(registry, errors)``.
 
@@ -107,34 +215,50 @@ def load_registry(
       already-registered name are reported and skipped.
     * With ``init`` (default) each plugin's ``init(attrs)`` is called with its ``plugin_attr``
       entry; a failing ``init`` removes that plugin.
+    * An entry-point module whose source changed since it was first imported is re-imported
+      beside the live one; with ``rescan`` (a reload) the import system is refreshed first
+      (:func:`refresh_import_system`) so packs installed since start-up are found.
+
+    ``registry.sources`` maps each loaded plugin to ``(where it came from, its file)``.
     """
     errors: list[str] = []
     wanted = list(dict.fromkeys(enabled))
     wanted_set = set(wanted)
     registry = PluginRegistry()
+    if rescan:
+        refresh_import_system()
 
-    def register(module: Any, source: str) -> None:
+    def register(module: Any, source: str) -> bool:
         try:
-            registry.add(module)
+            info = registry.add(module)
         except PluginError as exc:
             errors.append(f"failed to load plugin from {source}: {exc}")
+            return False
+        registry.sources[info.name] = (source, module_source(module))
+        return True
 
     for name, ep in entry_point_plugins(group).items():
         if name not in wanted_set:
             continue
         source = f"entry point {name} = {ep.value}"
         try:
-            module = ep.load()
+            module, owned = _load_entry_point(ep)
         except Exception as exc:
             errors.append(f"failed to import plugin [{name}] ({source}): {traceback_summary(exc)}")
             continue
         declared = getattr(module, "name", None)
         if declared != name:
             errors.append(
-                f"failed to load plugin from {source}: module declares name {declared!r}"
+                f"failed to load plugin [{name}] from {source}: module declares name {declared!r}"
             )
-            continue
-        register(module, source)
+            ok = False
+        else:
+            ok = register(module, source)
+        if ok:
+            registry.owned_modules.extend(owned)
+        else:
+            for modname in owned:
+                sys.modules.pop(modname, None)
 
     for directory in plugin_dirs:
         directory = Path(directory)
@@ -151,9 +275,7 @@ def load_registry(
             if getattr(module, "name", None) not in wanted_set:
                 sys.modules.pop(modname, None)
                 continue
-            before = len(registry)
-            register(module, f"file {path}")
-            if len(registry) > before:
+            if register(module, f"file {path}"):
                 registry.owned_modules.append(modname)
             else:
                 sys.modules.pop(modname, None)

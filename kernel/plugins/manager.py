@@ -21,6 +21,7 @@ from typing import Any
 
 import pluggy
 
+from kernel.encryption import Keyring, fields_of
 from plugin_sdk import hooks as hookspecs
 from plugin_sdk.errors import PluginError, SchemaError
 from plugin_sdk.hooks import PHASES
@@ -47,6 +48,7 @@ class PluginInfo:
         "check_schema",
         "consumer_schema",
         "consumer_validator",
+        "encrypt_fields",
         "metadata_schema",
         "metadata_validator",
         "module",
@@ -79,6 +81,8 @@ class PluginInfo:
     """The module's ``check_schema`` normalised to ``(conf, schema_type) -> error | None``."""
     attrs: dict[str, Any]
     """This plugin's ``plugin_attr`` entry from config.yaml (empty when absent)."""
+    encrypt_fields: tuple[str, ...]
+    """Conf fields stored encrypted (the module's ``encrypt_fields``; dotted paths)."""
 
     def __repr__(self) -> str:
         return f"<PluginInfo {self.name} priority={self.priority} phases={list(self.phases)}>"
@@ -230,6 +234,11 @@ class PluginRegistry:
         self._order: tuple[str, ...] | None = None
         self.owned_modules: list[str] = []
         """``sys.modules`` names imported for this generation only (dropped by destroy_all)."""
+        self.keyring: Keyring | None = None
+        """Decrypts ``encrypt_fields`` when chains are compiled (set by the gateway from
+        ``apisix.data_encryption``); ``None``: confs are used as stored."""
+        self.sources: dict[str, tuple[str, str | None]] = {}
+        """``name -> (where the loader found it, its source file)`` (set by the loader)."""
         for module in modules:
             self.add(module)
 
@@ -269,6 +278,10 @@ class PluginRegistry:
         check_fn = getattr(module, "check_schema", None)
         if check_fn is not None and not callable(check_fn):
             raise PluginError(f"plugin [{name}]: 'check_schema' must be callable")
+        try:
+            encrypt_fields = fields_of(module)
+        except ValueError as exc:
+            raise PluginError(f"plugin [{name}]: {exc}") from None
 
         schemas = _schemas()
         try:
@@ -320,6 +333,7 @@ class PluginRegistry:
         info.phases = phases
         info.check_schema = _normalise_check(check_fn) if check_fn is not None else None
         info.attrs = {}
+        info.encrypt_fields = encrypt_fields
         self._plugins[name] = info
         self._order = None
         return info
@@ -406,11 +420,12 @@ class PluginRegistry:
                 self.remove(name)
         return errors
 
-    def destroy_all(self) -> list[str]:
+    def destroy_all(self, call_destroy: bool = True) -> list[str]:
         """Call every plugin's ``destroy()`` (lowest priority first), then forget the modules
-        this generation imported under generated names. Errors are logged and returned."""
+        this generation imported under generated names. Errors are logged and returned.
+        ``call_destroy=False`` only forgets the modules (a generation never ``init``-ed)."""
         errors: list[str] = []
-        for name in reversed(self.names_by_priority()):
+        for name in reversed(self.names_by_priority() if call_destroy else ()):
             destroy = getattr(self._plugins[name].module, "destroy", None)
             if destroy is None:
                 continue

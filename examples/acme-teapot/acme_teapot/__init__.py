@@ -1,0 +1,1 @@
+"""acme-teapot: an example third-party plugin pack for sixgate."""
