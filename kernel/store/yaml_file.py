@@ -20,6 +20,7 @@ import gc
 import hashlib
 import json
 import logging
+import operator
 import os
 import re
 import stat
@@ -27,6 +28,7 @@ import tempfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from itertools import compress, repeat
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ from kernel.store.base import (
     Validate,
     freeze_collections,
 )
+from kernel.store.yaml_lines import ItemLines
 
 _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
@@ -50,6 +53,7 @@ _PATH_TOKEN = re.compile(r"""\[(-?\d+)\]|\[(?:"((?:[^"\\]|\\.)*)"|'([^']*)')\]|\
 _WATCHED_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
 _Sig = tuple[int, int, int, int]  # mtime_ns, size, inode, ctime_ns
 _TOP_LEVEL = (*COLLECTIONS, "plugins")
+_DROPPED = object()  # a collection entry that is not a mapping (reported, left out)
 
 BeforeReplace = Callable[[dict[str, Any], dict[str, list[dict[str, Any]]]], None]
 """``write``'s hook: (new document as written, its built collections) -> None, under the lock."""
@@ -107,6 +111,14 @@ class YamlFileStore(ConfigStore):
         self._observer: Any = None
         self._timer: asyncio.TimerHandle | None = None
         self._pending_since: float | None = None
+        # identity-preserving caches (see kernel.store.yaml_lines): the file as served
+        # (env substituted) and as written, each item's normalised form and digest blob
+        self._served_lines = ItemLines()
+        self._written_lines = ItemLines()
+        self._normalised: dict[int, Any] = {}
+        self._blobs: dict[int, tuple[Any, bytes]] = {}
+        self._written: tuple[_Sig, dict[str, Any]] | None = None
+        """the document as of our last write or read-for-write, and the file's signature then"""
 
     # -- ConfigStore -----------------------------------------------------------------------
 
@@ -242,7 +254,10 @@ class YamlFileStore(ConfigStore):
         with _gc_paused():
             root: Any = None
             try:
-                if self._is_json:
+                parsed: Any = None if self._is_json else self._served_lines.parse(text)
+                if parsed is not None:
+                    doc = parsed
+                elif self._is_json:
                     doc = json.loads(text)
                 else:
                     loader = _Loader(text)
@@ -266,9 +281,22 @@ class YamlFileStore(ConfigStore):
         try:
             if problems:
                 return _Built(self._locate(problems, text, root))
-            return _Built([], collections, plugins, _digest(collections, plugins, text))
+            if parsed is not None:  # unchanged lines are unchanged items: hash the text
+                blob = text.encode("utf-8", "surrogatepass")
+                digest = "lines:" + hashlib.sha256(blob).hexdigest()
+            else:
+                digest = self._digest(collections, plugins, text)
+            return _Built([], collections, plugins, digest)
         finally:
             _dismantle(root)
+
+    def _digest(
+        self, collections: Mapping[str, Any], plugins: tuple[str, ...] | None, text: str
+    ) -> str:
+        memo: dict[int, tuple[Any, bytes]] = {}
+        digest = _digest(collections, plugins, text, self._blobs, memo)
+        self._blobs = memo
+        return digest
 
     def _yaml_problem(self, e: yaml.YAMLError) -> Problem:
         if isinstance(e, yaml.MarkedYAMLError):
@@ -287,6 +315,7 @@ class YamlFileStore(ConfigStore):
         problems: list[Problem] = []
         out: dict[str, list[dict[str, Any]]] = {}
         plugins: tuple[str, ...] | None = None
+        memo: dict[int, Any] = {}
         if doc is None:
             doc = {}
         if not isinstance(doc, dict):
@@ -298,7 +327,7 @@ class YamlFileStore(ConfigStore):
             if name == "plugins":
                 plugins = self._plugin_names(value, problems)
             elif name in COLLECTIONS:
-                out[name] = self._collection(name, value, problems)
+                out[name] = self._collection(name, value, problems, memo)
             elif name.endswith("_conf_version") and name[: -len("_conf_version")] in COLLECTIONS:
                 continue  # emitted by GET /apisix/admin/configs; harmless in a file
             else:
@@ -306,46 +335,92 @@ class YamlFileStore(ConfigStore):
                 problems.append(
                     self._problem(None, name, f"unknown key; expected one of {expected}")
                 )
+        self._normalised = memo
         return problems, out, plugins
 
-    def _collection(self, name: str, value: Any, problems: list[Problem]) -> list[dict[str, Any]]:
+    def _collection(
+        self,
+        name: str,
+        value: Any,
+        problems: list[Problem],
+        memo: dict[int, Any],
+    ) -> list[dict[str, Any]]:
+        """The items of one collection, normalised; an item object normalised last time (an
+        unchanged line) gives back the same normalised object."""
         if value is None:
             return []
         if not isinstance(value, list):
             problems.append(self._problem(None, name, f"must be a list, got {_kind(value)}"))
             return []
-        items: list[dict[str, Any]] = []
+        # normalised forms of the item objects seen last time (C-level lookups); only the
+        # others go through _normalise_item
+        ids = list(map(id, value))
+        hits: list[Any] = list(map(self._normalised.get, ids))
+        fresh = list(compress(range(len(value)), map(operator.is_, hits, repeat(None))))
+        for i in fresh:
+            hits[i] = self._normalise_item(name, i, value[i], problems)
+        items: list[dict[str, Any]] = [h[1] for h in hits if h is not _DROPPED]
+        memo.update(zip(ids, hits, strict=True))
+        for i in fresh:  # index-dependent (arr_<n>), with problems, or not a mapping
+            if hits[i] is _DROPPED or not hits[i][2]:
+                memo.pop(ids[i], None)
+        if name == "consumers":
+            keys = [it["username"] if "username" in it else it["id"] for it in items]
+        else:
+            keys = list(map(operator.itemgetter("id"), items))
+        if len(set(keys)) != len(keys):
+            self._duplicates(name, value, items, keys, problems)
+        return items
+
+    def _normalise_item(
+        self, name: str, i: int, raw_item: Any, problems: list[Problem]
+    ) -> tuple[Any, dict[str, Any], bool] | object:
+        """``(raw item, normalised item, reusable)``, or ``_DROPPED`` when it is not a
+        mapping. ``reusable``: its normalised form does not depend on its position and it
+        had no problem."""
+        where = f"{name}[{i}]"
+        n_problems = len(problems)
+        if not isinstance(raw_item, dict):
+            problems.append(self._problem(None, where, f"must be a mapping, got {_kind(raw_item)}"))
+            return _DROPPED
+        item = dict(raw_item)  # YAML aliases may share one dict between items
+        if name == "consumers" and "username" in item:
+            if not isinstance(item["username"], str):
+                problems.append(self._problem(None, f"{where}.username", "must be a string"))
+                item["username"] = str(item["username"])
+        elif "id" in item:
+            key = item["id"]
+            if isinstance(key, bool) or not isinstance(key, str | int):
+                msg = f"must be a string or an integer, got {_kind(key)}"
+                problems.append(self._problem(None, f"{where}.id", msg))
+            item["id"] = str(key)
+        else:
+            if name == "plugin_metadata":
+                problems.append(self._problem(None, where, "needs an id (the plugin name)"))
+            item["id"] = f"arr_{i + 1}"
+        reusable = len(problems) == n_problems and (
+            "id" in raw_item or (name == "consumers" and "username" in raw_item)
+        )
+        return (raw_item, item, reusable)
+
+    def _duplicates(
+        self,
+        name: str,
+        value: list[Any],
+        items: list[dict[str, Any]],
+        keys: list[str],
+        problems: list[Problem],
+    ) -> None:
+        """One problem per item whose key an earlier item already has."""
+        positions = [i for i, raw in enumerate(value) if isinstance(raw, dict)]
         seen: dict[str, int] = {}
-        for i, raw_item in enumerate(value):
-            where = f"{name}[{i}]"
-            if not isinstance(raw_item, dict):
-                problems.append(
-                    self._problem(None, where, f"must be a mapping, got {_kind(raw_item)}")
-                )
-                continue
-            item = dict(raw_item)  # YAML aliases may share one dict between items
-            if name == "consumers" and "username" in item:
-                key_field, key = "username", item["username"]
-                if not isinstance(key, str):
-                    problems.append(self._problem(None, f"{where}.username", "must be a string"))
-            elif "id" in item:
-                key_field, key = "id", item["id"]
-                if isinstance(key, bool) or not isinstance(key, str | int):
-                    msg = f"must be a string or an integer, got {_kind(key)}"
-                    problems.append(self._problem(None, f"{where}.id", msg))
-                item["id"] = key = str(key)
-            else:
-                key_field, key = "id", f"arr_{i + 1}"
-                if name == "plugin_metadata":
-                    problems.append(self._problem(None, where, "needs an id (the plugin name)"))
-                item["id"] = key
-            key = str(key)
+        for pos, item, key in zip(positions, items, keys, strict=True):
+            key_field = "username" if name == "consumers" and "username" in item else "id"
             if key in seen:
                 msg = f"duplicate {key_field} {key!r} (first at {name}[{seen[key]}])"
-                problems.append(self._problem(None, f"{where}.{key_field}", msg))
-            seen.setdefault(key, i)
-            items.append(item)
-        return items
+                problems.append(self._problem(None, f"{name}[{pos}].{key_field}", msg))
+            else:
+                seen[key] = pos
 
     def _plugin_names(self, value: Any, problems: list[Problem]) -> tuple[str, ...] | None:
         if value is None:
@@ -532,16 +607,17 @@ class YamlFileStore(ConfigStore):
         before_replace: BeforeReplace | None = None,
     ) -> tuple[_Sig, str, _Built]:
         with self.locked():
-            raw, _ = self._read_file()
-            doc = self._document_for_write(raw)
+            doc = self._document_now()
             result = mutate(doc)
             new_doc = doc if result is None else result
             try:
                 if self._is_json:
                     data = (json.dumps(new_doc, indent=2, ensure_ascii=False) + "\n").encode()
                 else:
-                    text = yaml.dump(new_doc, Dumper=_Dumper, sort_keys=False,
-                                     allow_unicode=True, default_flow_style=False)  # fmt: skip
+                    text = self._written_lines.emit(new_doc)
+                    if text is None:
+                        text = yaml.dump(new_doc, Dumper=_Dumper, sort_keys=False,
+                                         allow_unicode=True, default_flow_style=False)  # fmt: skip
                     data = (text + "#END\n").encode()
             except (yaml.YAMLError, TypeError, ValueError) as e:
                 raise ConfigRejected([self._problem(None, "", f"cannot serialise: {e}")]) from e
@@ -553,7 +629,23 @@ class YamlFileStore(ConfigStore):
             _atomic_write(self._abs, data)
             sig = _stat_sig(self._path)
             assert sig is not None
+            self._written = (sig, new_doc)
             return sig, hashlib.sha256(data).hexdigest(), built
+
+    def _document_now(self) -> dict[str, Any]:
+        """A private copy of the file's document as written (call holding the lock): the one
+        of our last write when the file is still that one, else read from the file."""
+        written = self._written
+        if written is not None and _stat_sig(self._path) == written[0]:
+            doc = written[1]
+        else:
+            raw, sig = self._read_file()
+            doc = self._document_for_write(raw)
+            if sig is not None:
+                self._written = (sig, doc)
+        # mutators edit the collections' lists in place: copy those (items are replaced,
+        # never changed in place)
+        return {k: list(v) if isinstance(v, list) else v for k, v in doc.items()}
 
     def _document_for_write(self, raw: bytes | None) -> dict[str, Any]:
         """The file as written (no env substitution), refusing one we could not round-trip."""
@@ -563,7 +655,11 @@ class YamlFileStore(ConfigStore):
             raise ConfigRejected([self._problem(None, "", "missing valid end flag in file")])
         try:
             text = raw.decode("utf-8-sig")
-            doc = json.loads(text) if self._is_json else yaml.load(text, Loader=_Loader)
+            lines = None if self._is_json else self._written_lines.parse(text)
+            if lines is not None:
+                doc = lines
+            else:
+                doc = json.loads(text) if self._is_json else yaml.load(text, Loader=_Loader)
         except json.JSONDecodeError as e:
             raise ConfigRejected([self._problem(e.lineno, "", f"invalid JSON: {e.msg}")]) from e
         except yaml.YAMLError as e:
@@ -630,17 +726,33 @@ def _kind(value: Any) -> str:
     return names.get(type(value), type(value).__name__)
 
 
-def _digest(collections: Mapping[str, Any], plugins: tuple[str, ...] | None, text: str) -> str:
+def _digest(
+    collections: Mapping[str, Any],
+    plugins: tuple[str, ...] | None,
+    text: str,
+    blobs: dict[int, tuple[Any, bytes]] | None = None,
+    memo: dict[int, tuple[Any, bytes]] | None = None,
+) -> str:
     """A hash of the effective content (comments and formatting do not count).
 
-    Item by item, so that no single C call holds the GIL for long on a big config."""
+    Item by item, so that no single C call holds the GIL for long on a big config. ``blobs``:
+    the serialised items of the last call (reused for the same objects); ``memo`` receives
+    this call's."""
     h = hashlib.sha256(repr(plugins).encode())
+    old = blobs or {}
     try:
         for name in COLLECTIONS:
             h.update(b"\0" + name.encode())
             for item in collections.get(name, ()):
-                blob = json.dumps(item, sort_keys=True, default=str, separators=(",", ":"))
-                h.update(b"\n" + blob.encode())
+                hit = old.get(id(item))
+                if hit is not None and hit[0] is item:
+                    blob = hit[1]
+                else:
+                    blob = json.dumps(item, sort_keys=True, default=str,
+                                      separators=(",", ":")).encode()  # fmt: skip
+                if memo is not None:
+                    memo[id(item)] = (item, blob)
+                h.update(b"\n" + blob)
     except (TypeError, ValueError):  # mixed-type keys or a recursive alias
         return hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()
     return h.hexdigest()

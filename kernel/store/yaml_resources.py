@@ -58,10 +58,12 @@ import copy
 import hashlib
 import json
 import logging
+import operator
 import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from itertools import compress, repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -73,6 +75,8 @@ T = TypeVar("T")
 _Meta = dict[str, Any]
 _Sig = tuple[int, int, int, int]
 SIDECAR_SUFFIX = ".revisions"
+_FRAGMENT = operator.itemgetter(1)
+_ID = operator.itemgetter("id")
 
 
 class _Abort(Exception):
@@ -157,6 +161,8 @@ class YamlResourceStore(ResourceStore):
         self._hashes: dict[str, str] = {}
         self._reconciled_at: tuple[str | None, _Sig | None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._hash_memo: dict[int, tuple[Any, str]] = {}
+        self._fragments: dict[int, tuple[Any, str]] = {}
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -209,12 +215,40 @@ class YamlResourceStore(ResourceStore):
 
     def _save_meta(self, meta: _Meta) -> None:
         """Write the sidecar atomically (call holding the lock) and cache it."""
-        data = json.dumps(meta, separators=(",", ":"), default=str).encode()
+        data = self._serialise_meta(meta)
         try:
             _atomic_write(str(self.sidecar), data)
         except OSError as e:
             raise StoreUnavailable(f"cannot write {self.sidecar}: {e.strerror or e}") from e
         self._meta_cache = (_stat_sig(self.sidecar), meta)
+
+    def _locked_meta(self) -> _Meta:
+        """The sidecar as on disk (call holding the lock), as a copy the caller may change:
+        re-read only when its stat signature changed since we last read or wrote it."""
+        meta = self._meta()[1]
+        return {"revision": meta["revision"], "keys": dict(meta["keys"]),
+                "extra": dict(meta["extra"])}  # fmt: skip
+
+    def _serialise_meta(self, meta: _Meta) -> bytes:
+        """``meta`` as JSON; each key's fragment is reused while its entry is the same object
+        (entries are replaced, never changed), so a write serialises what it changed."""
+        old = self._fragments
+        keys = meta["keys"]
+        entries = list(keys.values())
+        ids = list(map(id, entries))
+        got: list[Any] = list(map(old.get, ids))
+        for i, key in zip(
+            compress(range(len(got)), map(operator.is_, got, repeat(None))),
+            compress(list(keys), map(operator.is_, got, repeat(None))),
+            strict=True,
+        ):
+            entry = entries[i]
+            got[i] = (entry, json.dumps(key) + ":" + json.dumps(entry, separators=(",", ":"),
+                                                               default=str))  # fmt: skip
+        self._fragments = dict(zip(ids, got, strict=True))
+        head = json.dumps({"revision": meta["revision"], "extra": meta["extra"]},
+                          separators=(",", ":"), default=str)  # fmt: skip
+        return (head[:-1] + ',"keys":{' + ",\n".join(map(_FRAGMENT, got)) + "}}").encode()
 
     def _meta(self) -> tuple[_Sig | None, _Meta]:
         """The sidecar, re-read only when its stat signature changed (cheap for reads)."""
@@ -231,7 +265,7 @@ class YamlResourceStore(ResourceStore):
         """Run ``fn(meta, now)`` under the lock on a fresh sidecar and save it (blocking)."""
         try:
             with self.store.locked():
-                _, meta = self._read_meta()
+                meta = self._locked_meta()
                 now = time.time()
                 for key in [k for k, e in meta["extra"].items() if _expired(e, now)]:
                     del meta["extra"][key]
@@ -259,14 +293,29 @@ class YamlResourceStore(ResourceStore):
         new: dict[str, dict[str, Any]] = {}
         rev: int = meta["revision"]
         changed = False
+        seen = self._hash_memo
+        memo: dict[int, tuple[Any, str]] = {}
+        self._hash_memo = memo
+
+        def hash_of(obj: dict[str, Any], raw_of: str | None = None) -> str:
+            """``_hash`` of a built item (or, with ``raw_of``, of that collection's raw file
+            item, normalised): the file store hands unchanged items back as the same objects,
+            so each is hashed once."""
+            key = id(obj) if raw_of is None else -id(obj)  # an object may be both
+            hit = seen.get(key)
+            if hit is None or hit[0] is not obj:
+                hit = (obj, _hash(obj if raw_of is None else _normal(raw_of, obj)))
+            memo[key] = hit
+            return hit[1]
+
         for collection in COLLECTIONS:
             items = built.get(collection) or []
             raws = doc.get(collection) or []
             for i, item in enumerate(items):
                 key = self._key(collection, _ident(collection, item, i))
-                h = _hash(item)
+                h = hash_of(item)
                 raw = raws[i] if i < len(raws) and isinstance(raws[i], dict) else item
-                rh = _hash(_normal(collection, raw))
+                rh = hash_of(raw, collection)
                 prev = old.get(key)
                 if key in touched:
                     rev += 1
@@ -311,11 +360,16 @@ class YamlResourceStore(ResourceStore):
             index: dict[str, tuple[str, dict[str, Any]]] = {}
             if snapshot is not None:
                 for collection in COLLECTIONS:
-                    for i, item in enumerate(snapshot.items(collection)):
-                        index[self._key(collection, _ident(collection, item, i))] = (
-                            collection,
-                            item,
-                        )
+                    items = snapshot.items(collection)
+                    if not items:
+                        continue
+                    head = f"{self.prefix}/{collection}/"
+                    if collection == "consumers":
+                        idents = [_ident(collection, item, i) for i, item in enumerate(items)]
+                    else:  # the file store gave every other item a string id
+                        idents = list(map(_ID, items))
+                    index.update(zip([head + k for k in idents],
+                                     zip(repeat(collection), items), strict=True))  # fmt: skip
             self._index, self._hashes, self._index_version = index, {}, version
         return self._index
 
@@ -430,7 +484,7 @@ class YamlResourceStore(ResourceStore):
         txn = _Txn(time.time())
 
         def mutate(doc: dict[str, Any]) -> dict[str, Any]:
-            _, txn.meta = self._read_meta()
+            txn.meta = self._locked_meta()
             txn.now = time.time()
             self._expire(doc, txn)
             change(doc, txn)
