@@ -299,8 +299,9 @@ async def run_request_phase(steps: tuple[Step, ...], ctx: Any) -> Response | Non
 
     The first :class:`Response` a step returns ends the phase and is returned (with
     ``_meta.error_response`` as its body when the status is >= 400). A step that raises is
-    logged with the plugin name and ends the request with a 500 (nginx page), as an OpenResty
-    Lua error does. Other return values are ignored.
+    logged with the plugin name and ends the request with a 500 (nginx page, or
+    ``_meta.error_response``), as an OpenResty Lua error does. Other return values are
+    ignored (:func:`step_ending`).
     """
     for step in steps:
         if step.filter is not None and not _filter_passes(step, ctx.var):
@@ -310,17 +311,33 @@ async def run_request_phase(steps: tuple[Step, ...], ctx: Any) -> Response | Non
             if step.is_async:
                 res = await res
         except Exception:
-            log.exception("plugin [%s] failed in phase %s", step.plugin, step.phase)
-            return Response(500)
+            res = step_failed(step)
         if res is not None:
-            if isinstance(res, Response):
-                if step.error_response is not None and res.status >= 400:
-                    return Response(res.status, step.error_response, res.headers)
-                return res
-            log.warning(
-                "plugin [%s] returned %r from %s; return a plugin_sdk.Response to end the "
-                "request", step.plugin, type(res).__name__, step.phase,
-            )
+            ending = step_ending(step, res)
+            if ending is not None:
+                return ending
+    return None
+
+
+def step_failed(step: Step) -> Response:
+    """What a request gets when ``step`` raised (call from the ``except`` block): the error
+    is logged with the plugin's name and the request ends with a 500."""
+    log.exception("plugin [%s] failed in phase %s", step.plugin, step.phase)
+    return Response(500)
+
+
+def step_ending(step: Step, res: Any) -> Response | None:
+    """The response a request-phase step's non-``None`` return value ends the request with
+    (``_meta.error_response`` as the body when the status is >= 400), or ``None``: anything
+    but a :class:`Response` is ignored, with a warning."""
+    if isinstance(res, Response):
+        if step.error_response is not None and res.status >= 400:
+            return Response(res.status, step.error_response, res.headers)
+        return res
+    log.warning(
+        "plugin [%s] returned %r from %s; return a plugin_sdk.Response to end the request",
+        step.plugin, type(res).__name__, step.phase,
+    )
     return None
 
 

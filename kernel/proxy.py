@@ -16,6 +16,8 @@ from kernel.chain import (
     run_request_phase,
     run_response_phase,
     run_response_phase_async,
+    step_ending,
+    step_failed,
 )
 from kernel.context import RequestContext
 from kernel.direct import DirectExchange
@@ -107,13 +109,12 @@ class Proxy(UpstreamForwarder):
                 try:
                     result = step.func(ctx, step.conf)
                 except Exception:  # isolated: this request gets a 500, as on the task path
-                    log.exception("plugin [%s] failed in phase %s", step.plugin, step.phase)
-                    result = Response(500)
-                if result is not None and isinstance(result, Response):
-                    if step.error_response is not None and result.status >= 400:
-                        result = Response(result.status, step.error_response, result.headers)
-                    self.loop.create_task(self._answer(proto, req, ctx, result, chain))
-                    return True
+                    result = step_failed(step)
+                if result is not None:
+                    ending = step_ending(step, result)
+                    if ending is not None:
+                        self.loop.create_task(self._answer(proto, req, ctx, ending, chain))
+                        return True
         elif not chain.empty:
             ctx.chain = chain
         upstream = route.upstream
@@ -127,14 +128,13 @@ class Proxy(UpstreamForwarder):
             try:
                 result = step.func(ctx, step.conf)
             except Exception:
-                log.exception("plugin [%s] failed in phase %s", step.plugin, step.phase)
-                result = Response(500)
-            if result is not None and isinstance(result, Response):
-                if step.error_response is not None and result.status >= 400:
-                    result = Response(result.status, step.error_response, result.headers)
-                upstream.picker.done(node, None)
-                self.loop.create_task(self._answer(proto, req, ctx, result, chain))
-                return True
+                result = step_failed(step)
+            if result is not None:
+                ending = step_ending(step, result)
+                if ending is not None:
+                    upstream.picker.done(node, None)
+                    self.loop.create_task(self._answer(proto, req, ctx, ending, chain))
+                    return True
         conn = self.pool.take(upstream.key_for(node), upstream.pool)
         if conn is None:
             # A new connection is needed: the task path connects to the node picked here.

@@ -152,8 +152,9 @@ def test_a_raising_plugin_fails_only_that_request(sixgate: GatewayHarness, kind:
     sixgate.upstream.assert_received(path="/r", count=1)
 
 
-def test_a_raising_plugin_uses_meta_error_response(sixgate: GatewayHarness) -> None:
-    assert sixgate.write_plugin("raises.py", RAISES.replace("{kind}", "")).ok
+@pytest.mark.parametrize("kind", ["", "async "], ids=["sync-direct-path", "async-task-path"])
+def test_a_raising_plugin_uses_meta_error_response(sixgate: GatewayHarness, kind: str) -> None:
+    assert sixgate.write_plugin("raises.py", RAISES.replace("{kind}", kind)).ok
     sixgate.add_route("/r", plugins={"raises": {"_meta": {"error_response": {"msg": "sorry"}}}})
     r = sixgate.get("/r?boom=1")
     assert r.status == 500 and r.json() == {"msg": "sorry"}
