@@ -172,51 +172,44 @@ class SnapshotValidator:
 
     def __init__(self) -> None:
         self._registry: PluginRegistry | None = None
-        self._objs: dict[str, dict[int, Any]] = {}
-        self._found: dict[str, dict[str, tuple[Any, list[tuple[str, str]]]]] = {}
-        """collection -> key -> (item checked, its problems)"""
+        self._version: str | None = None
+        self._objs: dict[str, dict[int, Any] | None] = {}
+        self._raws: dict[str, dict[str, Any]] = {}
+        self._found: dict[str, dict[str, list[tuple[str, str]]]] = {}
+        """collection -> key -> the problems of that item (empty list: none)"""
         self._bad: dict[str, set[str]] = {}
         """collection -> keys of the items with problems"""
 
     def __call__(self, snapshot: Snapshot, registry: PluginRegistry) -> list[Problem]:
         if registry is not self._registry:
-            self._registry, self._objs, self._found, self._bad = registry, {}, {}, {}
+            self._registry, self._objs, self._raws, self._found, self._bad = (
+                registry, {}, {}, {}, {})  # fmt: skip
         problems: list[Problem] = []
         for collection in COLLECTIONS:
-            items = snapshot.items(collection)
-            objs = dict(zip(map(id, items), items, strict=True))
-            old_objs = self._objs.get(collection, {})
-            old = self._found.get(collection, {})
+            diff = _diff(collection, snapshot, self._version, self._objs.get(collection),
+                         self._raws.get(collection))  # fmt: skip
+            self._objs[collection], self._raws[collection] = diff.objs, diff.raws
+            found = self._found.get(collection, {})
             bad = self._bad.get(collection, set())
-            arrived = objs.keys() - old_objs.keys()
-            left = old_objs.keys() - objs.keys()
-            if arrived or left:
-                found, bad = dict(old), set(bad)
-                for i in left:
-                    key = item_key(collection, old_objs[i])
+            if diff.changed or diff.removed:
+                found, bad = dict(found), set(bad)
+                for key in diff.removed:
                     found.pop(key, None)
                     bad.discard(key)
-                for item in (objs[i] for i in arrived):
-                    key = item_key(collection, item)
-                    hit = old.get(key)
-                    if hit is None or not _same(hit[0], item):
-                        hit = (item, item_problems(collection, item, registry))
-                    found[key] = hit
-                    if hit[1]:
+                for key, item in diff.changed.items():
+                    found[key] = item_problems(collection, item, registry)
+                    if found[key]:
                         bad.add(key)
                     else:
                         bad.discard(key)
                 self._found[collection], self._bad[collection] = found, bad
-            else:
-                found = old
-            self._objs[collection] = objs
             if bad:
-                for index, item in enumerate(items):
-                    hit = found.get(item_key(collection, item))
-                    for path, message in hit[1] if hit is not None else ():
+                for index, item in enumerate(snapshot.items(collection)):
+                    for path, message in found.get(item_key(collection, item), ()):
                         problems.append(
                             Problem("", None, f"{collection}[{index}]{path}", message)
                         )
+        self._version = snapshot.version
         return problems
 
 
@@ -299,17 +292,24 @@ class _Diff:
     """how many items are not the previous build's objects (a full re-read: all of them)"""
 
 
-def _diff(collection: str, snapshot: Snapshot, previous: BuildCache | None) -> _Diff:
-    """What changed in ``collection``: from the snapshot's delta when it was derived from the
-    snapshot ``previous`` built (O(changes)), else by item identity (C-level dict work), else
-    by key and value."""
-    if previous is None or collection not in previous.raws:
+def _diff(
+    collection: str,
+    snapshot: Snapshot,
+    seen_version: str | None,
+    old_objs: dict[int, Any] | None,
+    old_raws: dict[str, Any] | None,
+) -> _Diff:
+    """What changed in ``collection`` since the snapshot ``seen_version``, of which the caller
+    kept ``old_objs`` (``{id(item): item}``, ``None`` when it came from a delta) and
+    ``old_raws`` (key -> item; ``None``: nothing seen, everything is new). From the snapshot's
+    delta when it derives from that snapshot (O(changes)), else by item identity (C-level dict
+    work), else by key and value."""
+    if old_raws is None:
         items = snapshot.items(collection)
         raws = {item_key(collection, raw): raw for raw in items}
         return _Diff(None, raws, dict(raws), set(), len(items))
-    old_raws = previous.raws[collection]
     delta = snapshot.delta
-    if delta is not None and delta.base == previous.version:
+    if delta is not None and delta.base == seen_version:
         delta_items = delta.changed.get(collection)
         if not delta_items:
             return _Diff(None, old_raws, {}, set(), 0)
@@ -329,8 +329,7 @@ def _diff(collection: str, snapshot: Snapshot, previous: BuildCache | None) -> _
         return _Diff(None, raws, changed, removed, len(delta_items))
     items = snapshot.items(collection)
     objs = dict(zip(map(id, items), items, strict=True))
-    old_objs = previous.objs.get(collection)
-    if old_objs is None:  # the previous build came from a delta: compare by key
+    if old_objs is None:  # what was seen came from a delta: compare by key
         raws, changed = {}, {}
         fresh = 0
         for raw in items:
@@ -358,6 +357,14 @@ def _diff(collection: str, snapshot: Snapshot, previous: BuildCache | None) -> _
         if before is None or before != raw:
             changed[key] = raw
     return _Diff(objs, raws, changed, {k for k in gone if k not in raws}, len(arrived))
+
+
+def _diff_since(collection: str, snapshot: Snapshot, previous: BuildCache | None) -> _Diff:
+    """:func:`_diff` against what the build ``previous`` saw."""
+    if previous is None:
+        return _diff(collection, snapshot, None, None, None)
+    return _diff(collection, snapshot, previous.version, previous.objs.get(collection),
+                 previous.raws.get(collection))  # fmt: skip
 
 
 def _route_deps(raw: Mapping[str, Any], services: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -400,13 +407,13 @@ def build_state(
     cache = BuildCache(registry=registry, pool=pool, router_kind=router_kind)
     memo: dict[Any, Any] = {}
 
-    ups = _diff("upstreams", snapshot, prev)
+    ups = _diff_since("upstreams", snapshot, prev)
     upstreams = dict(prev.upstreams) if prev is not None else {}
     for key in ups.removed:
         upstreams.pop(key, None)
     for key, raw in ups.changed.items():
         upstreams[key] = UpstreamRuntime(schemas.with_defaults("upstream", raw), pool, key)
-    svc = _diff("services", snapshot, prev)
+    svc = _diff_since("services", snapshot, prev)
     services = dict(prev.services) if prev is not None else {}
     service_upstreams = dict(prev.service_upstreams) if prev is not None else {}
     for key in (*svc.removed, *svc.changed):
@@ -414,7 +421,7 @@ def build_state(
         service_upstreams.pop(key, None)
     for key, raw in svc.changed.items():
         services[key] = schemas.with_defaults("service", raw)
-    pcs = _diff("plugin_configs", snapshot, prev)
+    pcs = _diff_since("plugin_configs", snapshot, prev)
 
     global_raw = snapshot.items("global_rules")
     global_changed = prev is None or not _same(prev.global_rules, global_raw)
@@ -432,7 +439,7 @@ def build_state(
     cache.global_rules, cache.global_chain, cache.global_errors = (
         global_raw, global_chain, global_errors)  # fmt: skip
 
-    rts = _diff("routes", snapshot, prev)
+    rts = _diff_since("routes", snapshot, prev)
     if prev is None or global_changed:
         dirty = set(rts.raws)
     else:
