@@ -512,6 +512,25 @@ class YamlResourceStore(ResourceStore):
             return -1
         return int(entry["m"])
 
+    def _checked_find(
+        self,
+        items: builtins.list[Any],
+        txn: _Txn,
+        key: str,
+        collection: str,
+        ident: str,
+        prev_revision: int | None,
+    ) -> int | None:
+        """The index of ``ident`` in ``items`` (``None``: absent), after the compare-and-swap
+        check: raises :class:`RevisionConflict` unless ``prev_revision`` is ``None`` or the
+        item's current mod revision (0 when absent)."""
+        i = self._find(items, collection, ident)
+        if prev_revision is not None:
+            current = 0 if i is None else self._current_mod(txn.meta, key, collection, items[i])
+            if current != prev_revision:
+                raise RevisionConflict(f"{key}: revision is not {prev_revision}")
+        return i
+
     @staticmethod
     def _find(items: builtins.list[Any], collection: str, ident: str) -> int | None:
         for i, item in enumerate(items):
@@ -559,11 +578,7 @@ class YamlResourceStore(ResourceStore):
             if not isinstance(doc.get(collection), list):
                 doc[collection] = []
             items: list[Any] = doc[collection]
-            i = self._find(items, collection, ident)
-            if prev_revision is not None:
-                current = 0 if i is None else self._current_mod(txn.meta, key, collection, items[i])
-                if current != prev_revision:
-                    raise RevisionConflict(f"{key}: revision is not {prev_revision}")
+            i = self._checked_find(items, txn, key, collection, ident, prev_revision)
             if i is None:
                 items.append(item)
             else:
@@ -613,11 +628,7 @@ class YamlResourceStore(ResourceStore):
         def change(doc: dict[str, Any], txn: _Txn) -> None:
             found = doc.get(collection)
             items: builtins.list[Any] = found if isinstance(found, list) else []
-            i = self._find(items, collection, ident)
-            if prev_revision is not None:
-                current = 0 if i is None else self._current_mod(txn.meta, key, collection, items[i])
-                if current != prev_revision:
-                    raise RevisionConflict(f"{key}: revision is not {prev_revision}")
+            i = self._checked_find(items, txn, key, collection, ident, prev_revision)
             if i is None:
                 raise _Abort(False)
             del items[i]
