@@ -958,23 +958,24 @@ class Router:
         for (label, is_prefix, name), (gone, came) in edits.items():
             by_label.setdefault(label, []).append((is_prefix, name, gone, came))
         groups = new._groups = dict(self._groups)
-        new._host_exact, new._host_wild = self._host_exact, self._host_wild
+        hosts_changed = any(label for label in by_label)
+        if hosts_changed:
+            new._host_exact, new._host_wild = dict(self._host_exact), dict(self._host_wild)
+        else:
+            new._host_exact, new._host_wild = self._host_exact, self._host_wild
         for label, slot_edits in by_label.items():
             if not label:
                 continue
             group = _edited(groups.get(label), slot_edits, _cond_hosts)
-            target_name = "_host_wild" if "*" in label else "_host_exact"
-            target = dict(getattr(new, target_name))
+            trees = new._host_wild if "*" in label else new._host_exact
             if group is None:
                 groups.pop(label, None)
-                target.pop(label, None)
+                trees.pop(label, None)
             else:
                 groups[label] = group
                 assert group.tree is not None
-                target[label] = group.tree.matcher()
-            setattr(new, target_name, target)
+                trees[label] = group.tree.matcher()
         top = groups[""]
-        hosts_changed = any(label for label in by_label)
         if "" in by_label:
             edited = _edited(top, by_label[""], new._host_layer, keep_empty=True)
             assert edited is not None
