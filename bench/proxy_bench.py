@@ -20,13 +20,14 @@ import platform
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from ports import free_port
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -257,11 +258,6 @@ def kill_all(pids: set[int], grace: float = 5.0) -> None:
 
 
 # ---------------------------------------------------------------- small helpers
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def parse_cores(text: str) -> set[int]:

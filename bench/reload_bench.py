@@ -15,7 +15,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,7 +28,9 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 sys.path.insert(0, str(REPO))
 
-from tests.support.upstream import Upstream, free_port  # noqa: E402
+from ports import free_port, wait_port  # noqa: E402
+
+from tests.support.upstream import Upstream  # noqa: E402
 
 PLUGIN = '''
 from plugin_sdk import hookimpl
@@ -50,16 +51,6 @@ def header_filter(ctx, conf):
     ctx.response.headers.set("X-Bench-Version", "{version}")
 '''
 
-
-def wait_port(port: int, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), 0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"port {port} not open")
 
 
 def wrk(wrk_bin: str, port: int, seconds: int, connections: int) -> dict:
