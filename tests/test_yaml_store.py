@@ -253,7 +253,7 @@ async def test_atomic_rename_edit(conf: Path, make: Any) -> None:
 async def test_polling_fallback_without_watchdog(conf: Path, make: Any) -> None:
     conf.write_text(routes_yaml("/a"))
     store, rec = await make(conf, use_watchdog=False, poll_interval=0.2)
-    assert store._observer is None
+    assert store._watch is not None and not store._watch.watchdog_active
     t0 = time.perf_counter()
     write_in_place(conf, routes_yaml("/polled"))
     await rec.wait_count(2, timeout=2.0)

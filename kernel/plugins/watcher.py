@@ -5,16 +5,14 @@ loaded entry-point plugin that is not installed in a site directory (an editable
 built-ins of a source checkout). For a plugin that is a package, every ``.py`` file of its
 directory is watched.
 
-watchdog events are filtered to those paths and debounced (``debounce`` s after the last event,
-at most ~4x that after the first of a burst). A poll every ``poll_interval`` s compares file
-signatures (mtime, size) and catches what watchdog misses (network file systems, no inotify);
-when watchdog cannot start, the poll is the only mechanism. A change fires ``on_change`` only
-when the signature of the watched files differs from the one of the last reload.
+Events come from :class:`~kernel.filewatch.FileWatch` (watchdog filtered to those paths,
+debounced: ``debounce`` s after the last event, at most ~4x that after the first of a burst; a
+poll every ``poll_interval`` s). A change fires ``on_change`` only when the signature (mtime,
+size) of the watched files differs from the one of the last reload.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -23,6 +21,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kernel.filewatch import FileWatch
 
 log = logging.getLogger("sixgate.plugins")
 
@@ -110,44 +110,35 @@ class PluginWatcher:
     ) -> None:
         self._targets_fn = targets
         self._on_change = on_change
-        self._debounce = debounce
-        self._poll_interval = poll_interval
-        self._use_watchdog = use_watchdog
         self._targets = WatchTargets()
         self._applied: Signature = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._observer: Any = None
-        self._watched_dirs: dict[str, Any] = {}
-        self._timer: asyncio.TimerHandle | None = None
-        self._first_event: float | None = None
-        self._poll_task: asyncio.Task[None] | None = None
-        self.watchdog_active = False
+        self._watch = FileWatch(
+            matches=lambda path: self._targets.matches(path),
+            changed=lambda: self._targets.signature() != self._applied,
+            on_change=self._check,
+            debounce=debounce,
+            max_wait=4 * debounce,
+            poll_interval=poll_interval,
+            use_watchdog=use_watchdog,
+            what="plugin sources",
+            logger=log,
+        )
+
+    @property
+    def watchdog_active(self) -> bool:
+        return self._watch.watchdog_active
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
         self._targets = self._targets_fn()
         self._applied = self._targets.signature()
-        if self._use_watchdog:
-            await asyncio.to_thread(self._start_observer)
-        self._poll_task = asyncio.create_task(self._poll(), name="plugin-watch-poll")
+        await self._watch.start(self._targets.watch_dirs())
 
     async def stop(self) -> None:
-        if self._poll_task is not None:
-            self._poll_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poll_task
-            self._poll_task = None
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        observer, self._observer = self._observer, None
-        if observer is not None:
-            observer.stop()
-            await asyncio.to_thread(observer.join, 2)
+        await self._watch.stop()
 
     def pending(self) -> bool:
         """A change is waiting for its reload (debounce running or not yet seen)."""
-        return self._timer is not None or self._targets.signature() != self._applied
+        return self._watch.debouncing or self._targets.signature() != self._applied
 
     def snapshot(self) -> Signature:
         """The watched files' signature now (taken before a reload reads them)."""
@@ -162,79 +153,7 @@ class PluginWatcher:
         if before is not None:
             current = {path: before.get(path, sig) for path, sig in current.items()}
         self._applied = current
-        if self._observer is not None:
-            self._schedule_dirs()
-
-    # -- watchdog -----------------------------------------------------------------------------
-    def _start_observer(self) -> None:
-        try:
-            from watchdog.events import FileSystemEvent, FileSystemEventHandler
-            from watchdog.observers import Observer
-
-            watcher = self
-
-            class Handler(FileSystemEventHandler):
-                def on_any_event(self, event: FileSystemEvent) -> None:
-                    if event.is_directory or event.event_type in ("opened", "closed_no_write"):
-                        return
-                    paths = (event.src_path, getattr(event, "dest_path", "") or "")
-                    if any(p and watcher._targets.matches(os.fsdecode(p)) for p in paths):
-                        watcher._notify_threadsafe()
-
-            self._handler = Handler()
-            self._observer = Observer()
-            self._schedule_dirs()
-            self._observer.start()
-            self.watchdog_active = True
-        except Exception as err:
-            self._observer = None
-            log.warning("cannot watch plugin sources (%s); polling every %ss instead", err,
-                        self._poll_interval)
-
-    def _schedule_dirs(self) -> None:
-        observer = self._observer
-        wanted = self._targets.watch_dirs()
-        for d in list(self._watched_dirs):
-            if d not in wanted:
-                with contextlib.suppress(Exception):
-                    observer.unschedule(self._watched_dirs.pop(d))
-        for d in wanted:
-            if d in self._watched_dirs or not os.path.isdir(d):
-                continue
-            try:
-                self._watched_dirs[d] = observer.schedule(self._handler, d, recursive=False)
-            except Exception as err:
-                log.warning("cannot watch %s (%s); it is polled", d, err)
-
-    def _notify_threadsafe(self) -> None:
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._schedule)
-
-    def _schedule(self) -> None:
-        loop = self._loop
-        if loop is None:
-            return
-        now = loop.time()
-        if self._first_event is None:
-            self._first_event = now
-        if self._timer is not None:
-            self._timer.cancel()
-        delay = 0.0 if now - self._first_event >= 4 * self._debounce else self._debounce
-        self._timer = loop.call_later(delay, self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        self._first_event = None
-        self._check()
-
-    # -- polling ------------------------------------------------------------------------------
-    async def _poll(self) -> None:
-        while True:
-            await asyncio.sleep(self._poll_interval)
-            if self._timer is None:
-                self._check()
+        self._watch.watch(self._targets.watch_dirs())
 
     def _check(self) -> None:
         current = self._targets.signature()

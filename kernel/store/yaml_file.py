@@ -4,8 +4,8 @@ Reading: raw bytes -> ``#END`` trailer check (YAML only; the last 10 bytes must 
 ``#END\\s*$``) -> ``${{VAR:=default}}`` substitution -> parse (libyaml when available) ->
 structure checks -> id normalisation -> the kernel's ``validate``. Any problem refuses the whole
 edit: the last good snapshot keeps serving and each problem is logged on one line with file, line
-and field. Watching: watchdog on the file's directory (debounced, bridged into the event loop)
-plus a stat() poll every ``poll_interval`` seconds, so an edit is never missed.
+and field. Watching: :class:`~kernel.filewatch.FileWatch` on the file's directory (watchdog,
+debounced) plus a stat() poll every ``poll_interval`` seconds, so an edit is never missed.
 
 ``write()`` is the Admin API's way in: an exclusive ``flock`` on ``<file>.lock``, re-read, mutate,
 validate, atomic replace, apply. Comments in the file do not survive a write.
@@ -35,6 +35,7 @@ from typing import Any
 import yaml
 
 from kernel.envsubst import EnvSubstError, substitute_env
+from kernel.filewatch import FileWatch
 from kernel.store.base import (
     COLLECTIONS,
     ConfigRejected,
@@ -50,7 +51,6 @@ _Loader: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _Dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _END_FLAG = re.compile(rb"#END\s*$")
 _PATH_TOKEN = re.compile(r"""\[(-?\d+)\]|\[(?:"((?:[^"\\]|\\.)*)"|'([^']*)')\]|\.?([^.\[\]]+)""")
-_WATCHED_EVENTS = frozenset({"created", "modified", "moved", "deleted", "closed"})
 _Sig = tuple[int, int, int, int]  # mtime_ns, size, inode, ctime_ns
 _TOP_LEVEL = (*COLLECTIONS, "plugins")
 _DROPPED = object()  # a collection entry that is not a mapping (reported, left out)
@@ -108,9 +108,7 @@ class YamlFileStore(ConfigStore):
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()  # serialises read/apply on the loop
         self._tasks: list[asyncio.Task[None]] = []
-        self._observer: Any = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._pending_since: float | None = None
+        self._watch: FileWatch | None = None
         # identity-preserving caches (see kernel.store.yaml_lines): the file as served
         # (env substituted) and as written, each item's normalised form and digest blob
         self._served_lines = ItemLines()
@@ -128,30 +126,33 @@ class YamlFileStore(ConfigStore):
         self._loop = asyncio.get_running_loop()
         self._on_change = on_change
         self._dirty = asyncio.Event()
-        if self._use_watchdog:
-            await asyncio.to_thread(self._start_watchdog)
+        self._watch = FileWatch(
+            matches=self._abs.__eq__,
+            changed=lambda: _stat_sig(self._path) != self._last_sig,
+            on_change=self._dirty.set,
+            debounce=self._debounce,
+            max_wait=max(10 * self._debounce, 0.2),
+            poll_interval=self._poll_interval,
+            use_watchdog=self._use_watchdog,
+            what=self._source,
+            logger=self._log,
+        )
+        await self._watch.start([os.path.dirname(self._abs)])
         async with self._lock:
             self._apply(await asyncio.to_thread(self._read_and_build), initial=True)
             if self._current is None:
                 self._log.warning("%s: starting with an empty config", self._source)
                 self._commit(_Built([], {}, None, _digest({}, None, "")))
-        self._tasks = [
-            asyncio.create_task(self._reload_loop(), name="yaml-store-reload"),
-            asyncio.create_task(self._poll_loop(), name="yaml-store-poll"),
-        ]
+        self._tasks = [asyncio.create_task(self._reload_loop(), name="yaml-store-reload")]
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        observer, self._observer = self._observer, None
-        if observer is not None:
-            observer.stop()
-            await asyncio.to_thread(observer.join, 5)
+        if self._watch is not None:
+            await self._watch.stop()
+            self._watch = None
         self._loop = None
 
     def current(self) -> Snapshot | None:
@@ -503,54 +504,6 @@ class YamlFileStore(ConfigStore):
 
     # -- watching --------------------------------------------------------------------------
 
-    def _start_watchdog(self) -> None:
-        try:
-            from watchdog.events import FileSystemEvent, FileSystemEventHandler
-            from watchdog.observers import Observer
-
-            store = self
-
-            class Handler(FileSystemEventHandler):
-                def on_any_event(self, event: FileSystemEvent) -> None:
-                    if event.is_directory or event.event_type not in _WATCHED_EVENTS:
-                        return
-                    paths = (event.src_path, getattr(event, "dest_path", "") or "")
-                    if any(p and os.path.abspath(os.fsdecode(p)) == store._abs for p in paths):
-                        store._notify_threadsafe()
-
-            observer = Observer()
-            observer.schedule(Handler(), os.path.dirname(self._abs), recursive=False)
-            observer.start()
-            self._observer = observer
-        except Exception as e:
-            self._log.warning("%s: cannot watch for changes (%s); polling every %ss instead",
-                              self._source, e, self._poll_interval)  # fmt: skip
-
-    def _notify_threadsafe(self) -> None:
-        loop = self._loop
-        if loop is not None:
-            with contextlib.suppress(RuntimeError):  # loop closed
-                loop.call_soon_threadsafe(self._schedule)
-
-    def _schedule(self) -> None:
-        """Debounce: reload ``debounce`` s after the last event (at most ~10x that after the
-        first event of a burst)."""
-        if self._loop is None:
-            return
-        now = self._loop.time()
-        if self._pending_since is None:
-            self._pending_since = now
-        if self._timer is not None:
-            self._timer.cancel()
-        waited = now - self._pending_since
-        delay = 0.0 if waited >= max(10 * self._debounce, 0.2) else self._debounce
-        self._timer = self._loop.call_later(delay, self._fire)
-
-    def _fire(self) -> None:
-        self._timer = None
-        self._pending_since = None
-        self._dirty.set()
-
     async def _reload_loop(self) -> None:
         while True:
             await self._dirty.wait()
@@ -560,12 +513,6 @@ class YamlFileStore(ConfigStore):
                     self._apply(await asyncio.to_thread(self._read_and_build))
             except Exception:
                 self._log.exception("%s: reload failed", self._source)
-
-    async def _poll_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._poll_interval)
-            if _stat_sig(self._path) != self._last_sig and self._timer is None:
-                self._dirty.set()  # the poll interval already debounces
 
     # -- writing ---------------------------------------------------------------------------
 
