@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.etcd import EtcdServer
 from tests.support.gateway import GatewayProcess
 from tests.support.upstream import Upstream
 
@@ -23,6 +24,14 @@ def upstream2() -> Iterator[Upstream]:
     up = Upstream().start()
     yield up
     up.stop()
+
+
+@pytest.fixture
+def etcd() -> Iterator[EtcdServer]:
+    """A real etcd of its own on free loopback ports (Debian's etcd-server)."""
+    server = EtcdServer().start()
+    yield server
+    server.cleanup()
 
 
 @pytest.fixture

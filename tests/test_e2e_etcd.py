@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -13,13 +12,6 @@ from tests.support.etcd import EtcdServer
 from tests.support.gateway import GatewayProcess, wait_until
 from tests.support.upstream import free_port
 from tests.test_e2e_admin import KEY, admin
-
-
-@pytest.fixture
-def etcd() -> Iterator[EtcdServer]:
-    server = EtcdServer().start()
-    yield server
-    server.cleanup()
 
 
 def control(etcd: EtcdServer, admin_port: int, role: str = "traditional") -> dict[str, Any]:

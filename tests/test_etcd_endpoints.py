@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -50,13 +50,6 @@ class Blackhole:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-
-
-@pytest.fixture
-def etcd() -> Iterator[EtcdServer]:
-    server = EtcdServer().start()
-    yield server
-    server.cleanup()
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import logging
 import shutil
 import statistics
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
@@ -82,13 +82,6 @@ def route(snapshot: Snapshot, rid: str) -> dict[str, Any] | None:
 
 def has_route(rid: str) -> Callable[[Snapshot], bool]:
     return lambda s: route(s, rid) is not None
-
-
-@pytest.fixture
-def etcd() -> Iterator[EtcdServer]:
-    server = EtcdServer().start()
-    yield server
-    server.cleanup()
 
 
 @pytest.fixture
