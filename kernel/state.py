@@ -367,6 +367,38 @@ def _diff_since(collection: str, snapshot: Snapshot, previous: BuildCache | None
                  previous.raws.get(collection))  # fmt: skip
 
 
+class _DependencyIndex:
+    """Which routes refer to which upstream, service and plugin config, both ways; starts as
+    the previous build's and copies only the sets it changes (the previous build keeps its
+    own)."""
+
+    def __init__(self, previous: BuildCache | None) -> None:
+        self.route_deps = dict(previous.route_deps) if previous is not None else {}
+        self.dependents = dict(previous.dependents) if previous is not None else {}
+        self._owned: set[tuple[str, str]] = set()
+
+    def record(self, rid: str, deps: tuple[tuple[str, str], ...]) -> None:
+        """Record that route ``rid`` now depends on ``deps`` (``()``: on nothing / removed)."""
+        old = self.route_deps.get(rid, ())
+        if old == deps:
+            return
+        for dep in old:
+            if dep not in deps:
+                self._own(dep).discard(rid)
+        for dep in deps:
+            self._own(dep).add(rid)
+        if deps:
+            self.route_deps[rid] = deps
+        else:
+            self.route_deps.pop(rid, None)
+
+    def _own(self, dep: tuple[str, str]) -> set[str]:
+        if dep not in self._owned:
+            self._owned.add(dep)
+            self.dependents[dep] = set(self.dependents.get(dep, ()))
+        return self.dependents[dep]
+
+
 def _route_deps(raw: Mapping[str, Any], services: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
     """What a route's compiled form depends on besides itself and the global rules."""
     deps: list[tuple[str, str]] = []
@@ -427,12 +459,10 @@ def build_state(
     global_changed = prev is None or not _same(prev.global_rules, global_raw)
     if global_changed:
         rules = {item_key("global_rules", g): g for g in global_raw}
-        errs: list[str] = []
         global_chain, chain_errs = compile_chain(_global_plugins(rules), registry, memo)
-        errs += [f"global_rules: {e}" for e in chain_errs]
-        for message in errs:
+        global_errors = tuple(f"global_rules: {e}" for e in chain_errs)
+        for message in global_errors:
             log.error("%s", message)
-        global_errors = tuple(errs)
     else:
         assert prev is not None
         global_chain, global_errors = prev.global_chain, prev.global_errors
@@ -451,29 +481,7 @@ def build_state(
     entries = dict(prev.routes) if prev is not None else {}
     route_errors = dict(prev.route_errors) if prev is not None else {}
     compiled_routes = dict(prev.compiled) if prev is not None else {}
-    route_deps = dict(prev.route_deps) if prev is not None else {}
-    dependents = dict(prev.dependents) if prev is not None else {}
-    copied: set[tuple[str, str]] = set()
-
-    def depend(rid: str, deps: tuple[tuple[str, str], ...]) -> None:
-        old = route_deps.get(rid, ())
-        if old == deps:
-            return
-        for dep in old:
-            if dep not in deps:
-                _own(dep).discard(rid)
-        for dep in deps:
-            _own(dep).add(rid)
-        if deps:
-            route_deps[rid] = deps
-        else:
-            route_deps.pop(rid, None)
-
-    def _own(dep: tuple[str, str]) -> set[str]:
-        if dep not in copied:
-            copied.add(dep)
-            dependents[dep] = set(dependents.get(dep, ()))
-        return dependents[dep]
+    deps_index = _DependencyIndex(prev)
 
     build = _Build(services, pcs.raws, upstreams, service_upstreams, registry, global_chain,
                    pool, memo, [])  # fmt: skip
@@ -482,7 +490,7 @@ def build_state(
         hit = entries.pop(rid, None)
         compiled_routes.pop(rid, None)
         route_errors.pop(rid, None)
-        depend(rid, ())
+        deps_index.record(rid, ())
         if hit is not None and hit[1] is not None:
             router_changes[rid] = None
     for rid in dirty:
@@ -497,7 +505,7 @@ def build_state(
             route_errors[rid] = tuple(build.errors)
         else:
             route_errors.pop(rid, None)
-        depend(rid, _route_deps(raw, svc.raws))
+        deps_index.record(rid, _route_deps(raw, svc.raws))
         if compiled is not None and spec is not None:
             compiled_routes[rid] = compiled
         else:
@@ -520,7 +528,7 @@ def build_state(
     cache.upstreams, cache.services, cache.service_upstreams = (
         upstreams, services, service_upstreams)  # fmt: skip
     cache.routes, cache.compiled, cache.route_errors = entries, compiled_routes, route_errors
-    cache.route_deps, cache.dependents = route_deps, dependents
+    cache.route_deps, cache.dependents = deps_index.route_deps, deps_index.dependents
     errors = list(global_errors)
     for errs_of in route_errors.values():
         errors.extend(errs_of)
