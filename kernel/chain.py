@@ -197,7 +197,7 @@ def compile_chain(
     if not plugins:
         return EMPTY_CHAIN, errors
     rank = registry.rank()
-    keyring = getattr(registry, "keyring", None)
+    keyring = registry.keyring
     entries: list[tuple[int, int, PluginInfo, Any, Filter | None, Any]] = []
     for name, conf in plugins.items():
         info = registry.get(name)
@@ -279,7 +279,7 @@ def plaintext_conf(info: PluginInfo, conf: Any, registry: PluginRegistry) -> Any
     """A stored plugin ``conf`` as the plugin sees it: its ``encrypt_fields`` decrypted with
     ``registry.keyring`` (a copy where anything changed). For code that checks stored config
     outside :func:`compile_chain`, e.g. a snapshot validator."""
-    return _plaintext(info, conf, getattr(registry, "keyring", None))
+    return _plaintext(info, conf, registry.keyring)
 
 
 # -- runners ------------------------------------------------------------------------------------
