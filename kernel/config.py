@@ -173,7 +173,7 @@ def _multi_type(path: str, value: Any) -> bool:
         return True  # APISIX allows number/string; sixgate also booleans (nginx on/off)
     if path == "apisix->node_listen" and lua_type(value) == "number":
         return True
-    return path == "apisix->data_encryption->keyring"
+    return path in ("apisix->data_encryption->keyring", "apisix->plugin_watch")
 
 
 def _merge_into(base: dict[Any, Any], override: Mapping[Any, Any], ppath: str) -> None:
@@ -273,6 +273,8 @@ _SCHEMA: dict[str, Any] = {
                 "enable_encrypt_fields": _BOOL,
                 "keyring": {"anyOf": [_STR, _STRS], "x-expect": "a string or a list of strings"}}},
             "plugin_dirs": {"type": "array", "items": _NONEMPTY},
+            "plugin_watch": {"anyOf": [_BOOL, {"enum": ["poll"]}],
+                             "x-expect": "true, false or \"poll\""},
             "pid_file": _NONEMPTY,
             "standalone_file": _NONEMPTY,
         }},

@@ -685,3 +685,16 @@ def test_defaults_alone_are_valid(tmp_path):
     defaults = load_yaml((REPO / "conf" / "config-default.yaml").read_text())
     cfg = load(tmp_path, "")
     assert cfg.data == defaults
+
+
+@pytest.mark.parametrize(("text", "expected"), [("true", True), ("false", False),
+                                                ("poll", "poll")])
+def test_plugin_watch_is_a_flag_or_poll(tmp_path: Path, text: str, expected: object) -> None:
+    assert load(tmp_path, f"apisix:\n  plugin_watch: {text}\n").get("apisix.plugin_watch") == (
+        expected
+    )
+
+
+def test_plugin_watch_refuses_anything_else(tmp_path: Path) -> None:
+    message = error_of(tmp_path, "apisix:\n  plugin_watch: pol\n")
+    assert "apisix.plugin_watch: 'pol' is invalid, expected true, false or \"poll\"" in message
