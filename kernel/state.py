@@ -9,10 +9,12 @@ Every config change (file edit, etcd event, Admin write, plugin reload) ends in 
 from __future__ import annotations
 
 import logging
+import operator
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from itertools import compress
 from typing import Any
 
 from kernel import schemas
@@ -173,7 +175,7 @@ class SnapshotValidator:
     def __init__(self) -> None:
         self._registry: PluginRegistry | None = None
         self._version: str | None = None
-        self._objs: dict[str, dict[int, Any] | None] = {}
+        self._items: dict[str, tuple[Any, ...] | None] = {}
         self._raws: dict[str, dict[str, Any]] = {}
         self._found: dict[str, dict[str, list[tuple[str, str]]]] = {}
         """collection -> key -> the problems of that item (empty list: none)"""
@@ -182,13 +184,13 @@ class SnapshotValidator:
 
     def __call__(self, snapshot: Snapshot, registry: PluginRegistry) -> list[Problem]:
         if registry is not self._registry:
-            self._registry, self._objs, self._raws, self._found, self._bad = (
+            self._registry, self._items, self._raws, self._found, self._bad = (
                 registry, {}, {}, {}, {})  # fmt: skip
         problems: list[Problem] = []
         for collection in COLLECTIONS:
-            diff = _diff(collection, snapshot, self._version, self._objs.get(collection),
+            diff = _diff(collection, snapshot, self._version, self._items.get(collection),
                          self._raws.get(collection))  # fmt: skip
-            self._objs[collection], self._raws[collection] = diff.objs, diff.raws
+            self._items[collection], self._raws[collection] = diff.items, diff.raws
             found = self._found.get(collection, {})
             bad = self._bad.get(collection, set())
             if diff.changed or diff.removed:
@@ -257,8 +259,8 @@ class BuildCache:
     router: Router | None = None
     version: str = ""
     """The version of the snapshot built."""
-    objs: dict[str, dict[int, Any]] = field(default_factory=dict)
-    """collection -> ``{id(item): item}`` of the snapshot built (keeps those items alive)"""
+    items: dict[str, tuple[Any, ...]] = field(default_factory=dict)
+    """collection -> the snapshot's items (absent when the build used the snapshot's delta)"""
     raws: dict[str, dict[str, Any]] = field(default_factory=dict)
     """collection -> key -> item"""
     upstreams: dict[str, UpstreamRuntime] = field(default_factory=dict)
@@ -282,32 +284,34 @@ class BuildCache:
 class _Diff:
     """How one collection of the snapshot differs from the previous build's."""
 
-    objs: dict[int, Any] | None
-    """``{id(item): item}`` (``None`` when found from the snapshot's delta)"""
+    items: tuple[Any, ...] | None
+    """the snapshot's items (``None`` when found from the snapshot's delta)"""
     raws: dict[str, Any]
     changed: dict[str, Any]
     """key -> item, for items added or whose value changed"""
     removed: set[str]
     new_objects: int
     """how many items are not the previous build's objects (a full re-read: all of them)"""
+    reordered: bool = False
+    """items kept from the previous snapshot changed their relative order"""
 
 
 def _diff(
     collection: str,
     snapshot: Snapshot,
     seen_version: str | None,
-    old_objs: dict[int, Any] | None,
+    old_items: tuple[Any, ...] | None,
     old_raws: dict[str, Any] | None,
 ) -> _Diff:
     """What changed in ``collection`` since the snapshot ``seen_version``, of which the caller
-    kept ``old_objs`` (``{id(item): item}``, ``None`` when it came from a delta) and
+    kept ``old_items`` (the items, ``None`` when it came from a delta) and
     ``old_raws`` (key -> item; ``None``: nothing seen, everything is new). From the snapshot's
     delta when it derives from that snapshot (O(changes)), else by item identity (C-level dict
     work), else by key and value."""
     if old_raws is None:
         items = snapshot.items(collection)
         raws = {item_key(collection, raw): raw for raw in items}
-        return _Diff(None, raws, dict(raws), set(), len(items))
+        return _Diff(items, raws, dict(raws), set(), len(items))
     delta = snapshot.delta
     if delta is not None and delta.base == seen_version:
         delta_items = delta.changed.get(collection)
@@ -328,8 +332,7 @@ def _diff(
                     changed[key] = item
         return _Diff(None, raws, changed, removed, len(delta_items))
     items = snapshot.items(collection)
-    objs = dict(zip(map(id, items), items, strict=True))
-    if old_objs is None:  # what was seen came from a delta: compare by key
+    if old_items is None:  # what was seen came from a delta: compare by key
         raws, changed = {}, {}
         fresh = 0
         for raw in items:
@@ -340,30 +343,59 @@ def _diff(
                 fresh += 1
                 if before is None or before != raw:
                     changed[key] = raw
-        return _Diff(objs, raws, changed, old_raws.keys() - raws.keys(), fresh)
-    arrived = objs.keys() - old_objs.keys()
-    left = old_objs.keys() - objs.keys()
+        return _Diff(items, raws, changed, old_raws.keys() - raws.keys(), fresh)
+    arrived, left, reordered = _moved(items, old_items)
+    if reordered and not arrived:  # hand-reordered items, nothing else
+        return _Diff(items, old_raws, {}, set(), 0, True)
     if not arrived and not left:
-        return _Diff(objs, old_raws, {}, set(), 0)
+        return _Diff(items, old_raws, {}, set(), 0)
     raws = dict(old_raws)
-    gone = {item_key(collection, old_objs[i]) for i in left}
+    gone = {item_key(collection, item) for item in left}
     for key in gone:
         raws.pop(key, None)
     changed = {}
-    for raw in (objs[i] for i in arrived):
+    for raw in arrived:
         key = item_key(collection, raw)
         raws[key] = raw
         before = old_raws.get(key)
         if before is None or before != raw:
             changed[key] = raw
-    return _Diff(objs, raws, changed, {k for k in gone if k not in raws}, len(arrived))
+    return _Diff(items, raws, changed, {k for k in gone if k not in raws}, len(arrived),
+                 reordered)
+
+
+_FEW = 64
+
+
+def _moved(
+    items: tuple[Any, ...], old: tuple[Any, ...]
+) -> tuple[list[Any], list[Any], bool]:
+    """``(arrived, left, reordered)``: the item objects of ``items`` not in ``old``, those of
+    ``old`` not in ``items``, and whether the objects in both changed their relative order.
+    An edit in place or an append is found position by position (C-level); anything else
+    (removals shift positions) through sets of object ids."""
+    if len(items) >= len(old):
+        differ = list(compress(range(len(old)), map(operator.is_not, items, old)))
+        if len(differ) <= _FEW:
+            came = [items[i] for i in differ]
+            went = [old[i] for i in differ]
+            moved = set(map(id, came)) & set(map(id, went))  # swapped, not replaced
+            arrived = [x for x in came if id(x) not in moved] + list(items[len(old):])
+            return arrived, [x for x in went if id(x) not in moved], bool(moved)
+    new_ids = dict(zip(map(id, items), items, strict=True))
+    old_ids = dict(zip(map(id, old), old, strict=True))
+    kept_new = [x for x in items if id(x) in old_ids]
+    kept_old = [x for x in old if id(x) in new_ids]
+    reordered = any(map(operator.is_not, kept_new, kept_old))
+    return ([new_ids[i] for i in new_ids.keys() - old_ids.keys()],
+            [old_ids[i] for i in old_ids.keys() - new_ids.keys()], reordered)  # fmt: skip
 
 
 def _diff_since(collection: str, snapshot: Snapshot, previous: BuildCache | None) -> _Diff:
     """:func:`_diff` against what the build ``previous`` saw."""
     if previous is None:
         return _diff(collection, snapshot, None, None, None)
-    return _diff(collection, snapshot, previous.version, previous.objs.get(collection),
+    return _diff(collection, snapshot, previous.version, previous.items.get(collection),
                  previous.raws.get(collection))  # fmt: skip
 
 
@@ -517,11 +549,11 @@ def build_state(
     router = _next_router(prev, rts, items, router_changes, entries, router_kind)
     cache.router = router
     cache.version = snapshot.version
-    cache.objs = {
-        name: diff.objs
+    cache.items = {
+        name: diff.items
         for name, diff in (("upstreams", ups), ("services", svc), ("plugin_configs", pcs),
                            ("routes", rts))
-        if diff.objs is not None
+        if diff.items is not None
     }
     cache.raws = {"upstreams": ups.raws, "services": svc.raws, "plugin_configs": pcs.raws,
                   "routes": rts.raws}  # fmt: skip
@@ -557,6 +589,10 @@ def _next_router(
     """The router for this build: derived from the previous one when few routes changed and
     the snapshot kept its order (changed routes in place, new ones last), else rebuilt."""
     old = prev.router if prev is not None else None
+    if rts.reordered:  # load order decides ties: rebuild in the new order
+        old_router, old = old, None
+    else:
+        old_router = old
     if old is not None and not changes:
         return old
     if old is not None and len(changes) <= max(64, len(items) // 8) and rts.new_objects <= max(
@@ -583,7 +619,7 @@ def _next_router(
         spec = entries[rid][1] if rid in entries else None
         if spec is not None:
             specs.append(spec)
-    return Router(specs, kind, old)
+    return Router(specs, kind, old_router)
 
 
 @dataclass(slots=True)

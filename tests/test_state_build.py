@@ -198,3 +198,18 @@ def test_validator_keeps_reporting_unchanged_bad_items(registry: PluginRegistry)
     assert [p.path for p in problems] == ["routes[2].methods"]
     assert validate(snap(routes=[other, good]), registry) == []
     assert validate(snap(routes=[other, good]), registry) == []
+
+
+@pytest.mark.parametrize("extra", [0, 100], ids=["few-items", "with-a-removal"])
+def test_reordered_items_reorder_equal_priority_routes(registry: PluginRegistry,
+                                                       extra: int) -> None:
+    """The same item objects in another order (a hand edit moving lines) change which of two
+    equal-priority routes on one path wins: load order decides ties."""
+    first = {"id": "a", "uri": "/t", "upstream": up(1)}
+    second = {"id": "b", "uri": "/t", "upstream": up(2)}
+    others = [{"id": f"o{i}", "uri": f"/o/{i}", "upstream": up(3)} for i in range(extra)]
+    state = build_state(snap(routes=[first, second, *others]), registry)
+    assert state.router.match("/t", "GET", None, None, "127.0.0.1", {}).spec.id == "a"  # type: ignore[union-attr]
+    reordered = [second, first, *others[:-1]] if extra else [second, first]
+    state = build_state(snap(routes=reordered), registry, previous=state.cache)
+    assert state.router.match("/t", "GET", None, None, "127.0.0.1", {}).spec.id == "b"  # type: ignore[union-attr]
