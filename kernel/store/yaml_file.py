@@ -579,6 +579,12 @@ class YamlFileStore(ConfigStore):
             self._written = (sig, new_doc)
             return sig, hashlib.sha256(data).hexdigest(), built
 
+    @property
+    def written_sig(self) -> _Sig | None:
+        """The file's stat signature right after the last :meth:`write` of this object (or its
+        last read for one), ``None`` before any."""
+        return None if self._written is None else self._written[0]
+
     def _document_now(self) -> dict[str, Any]:
         """A private copy of the file's document as written (call holding the lock): the one
         of our last write when the file is still that one, else read from the file."""

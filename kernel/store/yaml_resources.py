@@ -76,7 +76,6 @@ _Meta = dict[str, Any]
 _Sig = tuple[int, int, int, int]
 SIDECAR_SUFFIX = ".revisions"
 _FRAGMENT = operator.itemgetter(1)
-_ID = operator.itemgetter("id")
 
 
 class _Abort(Exception):
@@ -97,6 +96,11 @@ class _Txn:
     """Keys written by this operation -> extra sidecar fields (``exp``, ``vid``, ``noid``)."""
     result: Any = None
     expired: int = 0
+    removed: set[str] = field(default_factory=set)
+    """Keys whose items this operation removed (a delete)."""
+    trusted: bool = False
+    """The file and the sidecar are exactly as this object's last write left them: only the
+    keys written or removed need their revisions updated (no hand edit to look for)."""
 
 
 def _empty_meta() -> _Meta:
@@ -125,6 +129,32 @@ def _normal(collection: str, item: dict[str, Any]) -> dict[str, Any]:
     if (collection != "consumers" or "username" not in item) and "id" in item:
         item = {**item, "id": str(item["id"])}
     return item
+
+
+_UNSURE: Any = object()
+
+
+def _position(items: list[Any], collection: str, ident: str) -> Any:
+    """The index of the item whose key is ``ident``, ``None`` when there is none, or
+    ``_UNSURE`` when C-level lookups cannot tell (items without string ids: scan instead)."""
+    field = "username" if collection == "consumers" else "id"
+    try:
+        ids = list(map(operator.methodcaller("get", field), items))
+    except AttributeError:  # an item that is not a mapping
+        return _UNSURE
+    if set(map(type, ids)) - {str}:
+        return _UNSURE
+    try:
+        return ids.index(ident)
+    except ValueError:
+        return None
+
+
+def _served_ident(collection: str, item: dict[str, Any]) -> str:
+    """The id part of a served item's key (the file store gave every item a string id)."""
+    if collection == "consumers" and "username" in item:
+        return str(item["username"])
+    return str(item["id"])
 
 
 def _expired(entry: dict[str, Any] | None, now: float) -> bool:
@@ -157,12 +187,17 @@ class YamlResourceStore(ResourceStore):
         self._log = logger or logging.getLogger("sixgate.store.yaml_resources")
         self._meta_cache: tuple[_Sig | None, _Meta] = (None, _empty_meta())
         self._index_version: str | None = None
-        self._index: dict[str, tuple[str, dict[str, Any]]] = {}
-        self._hashes: dict[str, str] = {}
+        self._index: dict[str, dict[str, Any]] = {}
+        self._indexed: dict[str, tuple[dict[str, Any], ...]] = {}
+        """collection -> the items the index was built from"""
+        self._hashes: dict[int, tuple[Any, str]] = {}
+        """id(served item) -> (item, its hash), for the items in the index"""
         self._reconciled_at: tuple[str | None, _Sig | None] | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._hash_memo: dict[int, tuple[Any, str]] = {}
         self._fragments: dict[int, tuple[Any, str]] = {}
+        self._synced: tuple[_Sig | None, _Sig | None] | None = None
+        """(file, sidecar) signatures right after this object's last write"""
 
     # -- keys ------------------------------------------------------------------------------
 
@@ -354,24 +389,29 @@ class YamlResourceStore(ResourceStore):
 
     # -- reading ---------------------------------------------------------------------------
 
-    def _index_of(self, snapshot: Snapshot | None) -> dict[str, tuple[str, dict[str, Any]]]:
-        version = None if snapshot is None else snapshot.version
-        if version != self._index_version or snapshot is None:
-            index: dict[str, tuple[str, dict[str, Any]]] = {}
-            if snapshot is not None:
-                for collection in COLLECTIONS:
-                    items = snapshot.items(collection)
-                    if not items:
-                        continue
-                    head = f"{self.prefix}/{collection}/"
-                    if collection == "consumers":
-                        idents = [_ident(collection, item, i) for i, item in enumerate(items)]
-                    else:  # the file store gave every other item a string id
-                        idents = list(map(_ID, items))
-                    index.update(zip([head + k for k in idents],
-                                     zip(repeat(collection), items), strict=True))  # fmt: skip
-            self._index, self._hashes, self._index_version = index, {}, version
-        return self._index
+    def _index_of(self, snapshot: Snapshot | None) -> dict[str, dict[str, Any]]:
+        """Key -> served item for ``snapshot``; updated from the previous index by item
+        identity (the file store hands unchanged items over as the same objects)."""
+        if snapshot is None:
+            return {}
+        if snapshot.version == self._index_version:
+            return self._index
+        index = dict(self._index)
+        for collection in COLLECTIONS:
+            items = snapshot.items(collection)
+            before = self._indexed.get(collection, ())
+            if items == before:  # same objects: an element-wise identity check
+                continue
+            old = dict(zip(map(id, before), before, strict=True))
+            new = dict(zip(map(id, items), items, strict=True))
+            for i in old.keys() - new.keys():
+                index.pop(self._key(collection, _served_ident(collection, old[i])), None)
+                self._hashes.pop(i, None)
+            for i in new.keys() - old.keys():
+                index[self._key(collection, _served_ident(collection, new[i]))] = new[i]
+            self._indexed[collection] = items
+        self._index, self._index_version = index, snapshot.version
+        return index
 
     def _unstarted_snapshot(self) -> Snapshot:
         try:
@@ -381,11 +421,11 @@ class YamlResourceStore(ResourceStore):
         collections = {} if state is None else state[1]
         return Snapshot(f"unstarted:{time.monotonic_ns()}", freeze_collections(collections))
 
-    def _item_hash(self, key: str, item: dict[str, Any]) -> str:
-        h = self._hashes.get(key)
-        if h is None:
-            h = self._hashes[key] = _hash(item)
-        return h
+    def _item_hash(self, item: dict[str, Any]) -> str:
+        hit = self._hashes.get(id(item))
+        if hit is None or hit[0] is not item:
+            hit = self._hashes[id(item)] = (item, _hash(item))
+        return hit[1]
 
     async def _entries(
         self, select: Callable[[str], bool], keys: Iterable[str] | None
@@ -399,7 +439,7 @@ class YamlResourceStore(ResourceStore):
 
         def stale(k: str) -> bool:
             entry = meta["keys"].get(k)
-            return entry is None or entry.get("h") != self._item_hash(k, index[k][1])
+            return entry is None or entry.get("h") != self._item_hash(index[k])
 
         if any(stale(k) for k in wanted):
             version = None if snapshot is None else snapshot.version
@@ -413,13 +453,13 @@ class YamlResourceStore(ResourceStore):
             entry = meta["keys"].get(k)
             if _expired(entry, now):
                 continue
-            item = index[k][1]
+            item = index[k]
             value = copy.deepcopy(dict(item))
             if entry is None:  # seen before the file's latest state reached the sidecar
                 c = m = meta["revision"]
             else:
                 c, m = entry["c"], entry["m"]
-                if entry.get("h") == self._item_hash(k, item):
+                if entry.get("h") == self._item_hash(item):
                     if entry.get("noid"):
                         value.pop("id", None)
                     elif "vid" in entry:
@@ -486,21 +526,60 @@ class YamlResourceStore(ResourceStore):
         def mutate(doc: dict[str, Any]) -> dict[str, Any]:
             txn.meta = self._locked_meta()
             txn.now = time.time()
+            txn.trusted = self._synced is not None and self._synced == (
+                _stat_sig(self.store.path), _stat_sig(self.sidecar))
             self._expire(doc, txn)
             change(doc, txn)
             return doc
 
         def before_replace(doc: dict[str, Any], built: dict[str, list[dict[str, Any]]]) -> None:
-            self._reconcile(txn.meta, doc, built, txn.touched)
+            if txn.trusted and not txn.expired:
+                self._reconcile_written(txn.meta, doc, built, txn)
+            else:
+                self._reconcile(txn.meta, doc, built, txn.touched)
             self._save_meta(txn.meta)
 
         try:
             await self.store.write(mutate, before_replace=before_replace)
         except _Abort as abort:
             txn.result = abort.result
+            return txn
         except OSError as e:
             raise StoreUnavailable(f"{self.store.path}: {e.strerror or e}") from e
+        # a failed write leaves no match: whatever it changed changed the signatures
+        self._synced = (self.store.written_sig, self._meta_cache[0])
         return txn
+
+    def _reconcile_written(
+        self,
+        meta: _Meta,
+        doc: dict[str, Any],
+        built: dict[str, builtins.list[dict[str, Any]]],
+        txn: _Txn,
+    ) -> None:
+        """:meth:`_reconcile` for a trusted write: the other items cannot have changed, so
+        only the keys written get fresh revisions and the keys removed lose their entries."""
+        keys = dict(meta["keys"])
+        rev: int = meta["revision"]
+        for key in txn.removed:
+            keys.pop(key, None)
+        for key, fields in txn.touched.items():
+            collection, ident = self._split(key)
+            assert collection is not None
+            items: list[dict[str, Any]] = built.get(collection) or []
+            i = _position(items, collection, ident)
+            if i is _UNSURE:
+                i = self._scan(items, collection, ident)
+            if i is None:  # refused by nothing, yet not in the file: reconcile everything
+                self._reconcile(meta, doc, built, txn.touched)
+                return
+            raws = doc.get(collection) or []
+            raw = raws[i] if i < len(raws) and isinstance(raws[i], dict) else items[i]
+            rev += 1
+            prev = keys.get(key)
+            keys[key] = {"c": prev["c"] if prev else rev, "m": rev, "h": _hash(items[i]),
+                         "rh": _hash(_normal(collection, raw)), **fields}  # fmt: skip
+        meta["keys"], meta["revision"] = keys, rev
 
     def _current_mod(self, meta: _Meta, key: str, collection: str, raw: dict[str, Any]) -> int:
         """The mod_revision a client may hold for an existing file item (-1: edited by hand
@@ -533,6 +612,13 @@ class YamlResourceStore(ResourceStore):
 
     @staticmethod
     def _find(items: builtins.list[Any], collection: str, ident: str) -> int | None:
+        found = _position(items, collection, ident)
+        if found is not _UNSURE:
+            return int(found) if found is not None else None
+        return YamlResourceStore._scan(items, collection, ident)
+
+    @staticmethod
+    def _scan(items: builtins.list[Any], collection: str, ident: str) -> int | None:
         for i, item in enumerate(items):
             if isinstance(item, dict) and _ident(collection, item, i) == ident:
                 return i
@@ -632,6 +718,7 @@ class YamlResourceStore(ResourceStore):
             if i is None:
                 raise _Abort(False)
             del items[i]
+            txn.removed.add(key)
             txn.result = True
 
         txn = await self._write(change)
