@@ -23,7 +23,7 @@ from kernel.encryption import DataEncryption
 from kernel.plugins.manager import PluginRegistry
 from kernel.store.resources import ResourceStore
 
-from . import auth, handlers, meta
+from . import auth, configs, handlers, meta
 from .resources import META_RESOURCES, RESOURCE_METHODS, RESOURCES
 from .transport import (
     AdminError,
@@ -112,6 +112,10 @@ async def dispatch(ctx: AdminContext, request: web.Request) -> web.StreamRespons
             raise AdminError(404, {"error_msg": "Unsupported resource type: " + resource})
         body = await read_body(request)
         return _answer(*meta.schema_validate(resource, body))
+
+    if configs.serves(ctx, rest, method):  # standalone API-driven mode (spec §2.13)
+        _check_token(ctx, request)
+        return await configs.dispatch(ctx, request, rest)
 
     if method not in RESOURCE_METHODS:
         return nginx_page(404)

@@ -585,6 +585,13 @@ class YamlFileStore(ConfigStore):
         last read for one), ``None`` before any."""
         return None if self._written is None else self._written[0]
 
+    def document(self) -> dict[str, Any]:
+        """The file's document as written (ids as in the file, ``${{VAR}}`` not substituted),
+        as a copy whose collection lists the caller may change (treat the items as read-only).
+        Call holding :meth:`locked`; raises :class:`ConfigRejected` for a file that cannot be
+        read back."""
+        return self._document_now()
+
     def _document_now(self) -> dict[str, Any]:
         """A private copy of the file's document as written (call holding the lock): the one
         of our last write when the file is still that one, else read from the file."""

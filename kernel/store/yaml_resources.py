@@ -67,7 +67,7 @@ from itertools import compress, repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kernel.store.base import COLLECTIONS, Snapshot, freeze_collections
+from kernel.store.base import COLLECTIONS, ConfigRejected, Snapshot, freeze_collections
 from kernel.store.resources import Entry, ResourceStore, RevisionConflict, StoreUnavailable
 from kernel.store.yaml_file import YamlFileStore, _atomic_write
 
@@ -98,6 +98,9 @@ class _Txn:
     expired: int = 0
     removed: set[str] = field(default_factory=set)
     """Keys whose items this operation removed (a delete)."""
+    keyed: bool = False
+    """The operation changed exactly the keys in ``touched`` and ``removed`` (a put or a
+    delete), nothing else in the document."""
     trusted: bool = False
     """The file and the sidecar are exactly as this object's last write left them: only the
     keys written or removed need their revisions updated (no hand edit to look for)."""
@@ -533,7 +536,7 @@ class YamlResourceStore(ResourceStore):
             return doc
 
         def before_replace(doc: dict[str, Any], built: dict[str, list[dict[str, Any]]]) -> None:
-            if txn.trusted and not txn.expired:
+            if txn.trusted and txn.keyed and not txn.expired:
                 self._reconcile_written(txn.meta, doc, built, txn)
             else:
                 self._reconcile(txn.meta, doc, built, txn.touched)
@@ -673,6 +676,7 @@ class YamlResourceStore(ResourceStore):
             if ttl is not None:
                 fields["exp"] = txn.now + ttl
             txn.touched[key] = fields
+            txn.keyed = True
 
         txn = await self._write(change)
         entry = txn.meta["keys"][key]
@@ -719,6 +723,7 @@ class YamlResourceStore(ResourceStore):
                 raise _Abort(False)
             del items[i]
             txn.removed.add(key)
+            txn.keyed = True
             txn.result = True
 
         txn = await self._write(change)
@@ -783,3 +788,75 @@ class YamlResourceStore(ResourceStore):
                 await self.sweep()
             except Exception as e:
                 self._log.warning("%s: removing expired keys failed: %s", self.store.path, e)
+
+    # -- the whole document (``/apisix/admin/configs``) ------------------------------------
+
+    @staticmethod
+    def _document_record(meta: _Meta, key: str, doc: dict[str, Any]) -> dict[str, Any] | None:
+        """What :meth:`replace_document` recorded under ``key``, while it still describes
+        ``doc`` (``None`` once anything else changed the file: an Admin write, a hand edit)."""
+        entry = meta["extra"].get(key)
+        value = entry.get("v") if isinstance(entry, dict) else None
+        if not isinstance(value, dict) or value.get("doc") != _hash(doc):
+            return None
+        return {k: v for k, v in value.items() if k != "doc"}
+
+    async def read_document(self, key: str) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """The file's document as written and the record :meth:`replace_document` left under
+        the sidecar key ``key`` (``None``: none, or the document changed since)."""
+
+        def read() -> tuple[dict[str, Any], dict[str, Any] | None]:
+            try:
+                with self.store.locked():
+                    doc = self.store.document()
+                    return doc, self._document_record(self._locked_meta(), key, doc)
+            except ConfigRejected as e:
+                raise StoreUnavailable(f"{self.store.path}: cannot parse the file: "
+                                       f"{'; '.join(str(p) for p in e.problems)}") from e
+            except OSError as e:
+                raise StoreUnavailable(f"{self.store.path}: {e.strerror or e}") from e
+
+        return await asyncio.to_thread(read)
+
+    async def replace_document(
+        self,
+        key: str,
+        plan: Callable[
+            [dict[str, Any], dict[str, Any] | None], tuple[dict[str, Any], dict[str, Any]]
+        ],
+    ) -> None:
+        """Replace the whole document in one write (one lock, one validation, one apply).
+
+        ``plan(document, record)`` gets a private copy of the document as written and the
+        record from the last replacement (as :meth:`read_document` gives it); it returns the
+        new document and the record to keep under the sidecar key ``key`` -- or raises, and
+        nothing is written. The new document is validated like any write
+        (:class:`~kernel.store.base.ConfigRejected`). Revisions follow the usual reconciling:
+        unchanged items keep theirs, changed and new items get fresh ones, removed items lose
+        their entries."""
+
+        def change(doc: dict[str, Any], txn: _Txn) -> None:
+            new_doc, record = plan(copy.deepcopy(doc), self._document_record(txn.meta, key, doc))
+            doc.clear()
+            doc.update(new_doc)
+            self._put_extra(key, {**record, "doc": _hash(doc)}, None, None)(txn.meta, txn.now)
+
+        await self._write(change)
+
+    async def check_document(self, doc: dict[str, Any]) -> builtins.list[Any]:
+        """The problems (:class:`~kernel.store.base.Problem`) a write of ``doc`` as the whole
+        document would be refused for; ``[]`` when it would be accepted. Nothing is written."""
+        candidate = copy.deepcopy(doc)
+
+        def refuse(new_doc: dict[str, Any], built: dict[str, builtins.list[Any]]) -> None:
+            raise _Abort(None)
+
+        try:
+            await self.store.write(lambda current: candidate, before_replace=refuse)
+        except _Abort:
+            return []
+        except ConfigRejected as e:
+            return builtins.list(e.problems)
+        except OSError as e:
+            raise StoreUnavailable(f"{self.store.path}: {e.strerror or e}") from e
+        return []
