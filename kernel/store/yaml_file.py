@@ -231,12 +231,14 @@ class YamlFileStore(ConfigStore):
         raw_digest = hashlib.sha256(raw).hexdigest()
         if raw_digest == self._last_raw_digest and not force:
             return _Outcome(sig, raw_digest)
-        return _Outcome(sig, raw_digest, self._build(raw))
+        return _Outcome(sig, raw_digest, self._build(raw, raw_digest))
 
     def _problem(self, line: int | None, path: str, message: str) -> Problem:
         return Problem(self._source, line, path, " ".join(message.split()))
 
-    def _build(self, raw: bytes) -> _Built:
+    def _build(self, raw: bytes, raw_digest: str | None = None) -> _Built:
+        """Read ``raw`` (the file's bytes; ``raw_digest``: their sha256 when the caller has it)
+        into collections, validated."""
         if not self._is_json and not _END_FLAG.search(raw[-10:]):
             lines = raw.count(b"\n") + (0 if raw.endswith(b"\n") else 1)
             return _Built([self._problem(lines or None, "", "missing valid end flag in file")])
@@ -246,7 +248,8 @@ class YamlFileStore(ConfigStore):
             line = raw[: e.start].count(b"\n") + 1
             return _Built([self._problem(line, "", f"not valid UTF-8: {e.reason}")])
         try:
-            text = substitute_env(text, self._env)
+            substituted = substitute_env(text, self._env)
+            unchanged, text = substituted is text, substituted
         except EnvSubstError as e:
             m = re.search(r"^(.*) \(line (\d+)\)$", str(e))
             if m is None:
@@ -283,8 +286,11 @@ class YamlFileStore(ConfigStore):
             if problems:
                 return _Built(self._locate(problems, text, root))
             if parsed is not None:  # unchanged lines are unchanged items: hash the text
-                blob = text.encode("utf-8", "surrogatepass")
-                digest = "lines:" + hashlib.sha256(blob).hexdigest()
+                if unchanged and raw_digest is not None:  # no ${{VAR}}: the bytes say it all
+                    digest = "lines:" + raw_digest
+                else:
+                    blob = text.encode("utf-8", "surrogatepass")
+                    digest = "lines:" + hashlib.sha256(blob).hexdigest()
             else:
                 digest = self._digest(collections, plugins, text)
             return _Built([], collections, plugins, digest)
@@ -568,7 +574,8 @@ class YamlFileStore(ConfigStore):
                     data = (text + "#END\n").encode()
             except (yaml.YAMLError, TypeError, ValueError) as e:
                 raise ConfigRejected([self._problem(None, "", f"cannot serialise: {e}")]) from e
-            built = self._build(data)
+            data_digest = hashlib.sha256(data).hexdigest()
+            built = self._build(data, data_digest)
             if built.problems:
                 raise ConfigRejected(built.problems)
             if before_replace is not None:
@@ -577,7 +584,7 @@ class YamlFileStore(ConfigStore):
             sig = _stat_sig(self._path)
             assert sig is not None
             self._written = (sig, new_doc)
-            return sig, hashlib.sha256(data).hexdigest(), built
+            return sig, data_digest, built
 
     @property
     def written_sig(self) -> _Sig | None:
