@@ -306,6 +306,7 @@ async def run_request_phase(steps: tuple[Step, ...], ctx: Any) -> Response | Non
     for step in steps:
         if step.filter is not None and not _filter_passes(step, ctx.var):
             continue
+        ctx.step = step
         try:
             res = step.func(ctx, step.conf)
             if step.is_async:
@@ -347,6 +348,7 @@ def run_response_phase(steps: tuple[Step, ...], ctx: Any) -> None:
     for step in steps:
         if step.filter is not None and not _filter_passes(step, ctx.var):
             continue
+        ctx.step = step
         try:
             res = step.func(ctx, step.conf)
         except Exception:
@@ -365,6 +367,7 @@ async def run_response_phase_async(steps: tuple[Step, ...], ctx: Any) -> None:
     for step in steps:
         if step.filter is not None and not _filter_passes(step, ctx.var):
             continue
+        ctx.step = step
         try:
             res = step.func(ctx, step.conf)
             if step.is_async:

@@ -8,14 +8,34 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from kernel.chain import EMPTY_CHAIN
+from kernel.plugins import runtime as _runtime  # noqa: F401  (installs shared dicts / HTTP)
 from kernel.vars import Vars, parse_args, parse_cookies
 from plugin_sdk import Headers
 
 if TYPE_CHECKING:
+    from kernel.chain import Step
     from kernel.server import HttpRequest
+    from kernel.state import GatewayState
     from kernel.upstream.nodes import Node
 
 log = logging.getLogger("sixgate")
+
+
+class PluginLogger(logging.LoggerAdapter[logging.Logger]):
+    """``ctx.log``: logger ``sixgate.plugin.<name>``; each message becomes
+    ``[<name>] <message>, request_id: <id>`` and its record gets ``plugin``/``request_id``."""
+
+    def __init__(self, plugin: str, request_id: str) -> None:
+        logger = logging.getLogger(f"sixgate.plugin.{plugin}" if plugin else "sixgate")
+        super().__init__(logger, {"plugin": plugin, "request_id": request_id})
+        safe = plugin.replace("%", "%%")
+        self._prefix = f"[{safe}] " if plugin else ""
+        self._suffix = f", request_id: {request_id}"
+
+    def process(self, msg: Any, kwargs: Any) -> tuple[Any, Any]:
+        extra = kwargs.get("extra")
+        kwargs["extra"] = {**self.extra, **extra} if extra else self.extra  # type: ignore[dict-item]
+        return f"{self._prefix}{msg}{self._suffix}", kwargs
 
 
 class UpstreamChanges:
@@ -108,8 +128,14 @@ class RequestContext:
     _args: dict[str, Any] | None = None
     _cookies: dict[str, str] | None = None
     _shared: dict[str, Any] | None = None
+    _plugin_data: dict[str, dict[str, Any]] | None = None
+    _loggers: dict[str, PluginLogger] | None = None
     chain: Any = EMPTY_CHAIN
-    plugin_log: logging.Logger = log
+    step: Step | None = None
+    """The step (plugin hook) running now; set by the chain runners before each call."""
+
+    state: GatewayState | None = None
+    """The state the request started with; set only for requests that run plugins."""
 
     def __init__(self, request: HttpRequest, host: str) -> None:
         self.request = request
@@ -135,6 +161,33 @@ class RequestContext:
             shared = self._shared = {}
         return shared
 
+    # --- per-plugin facilities (all made on first use: free for plugins that do not ask) ----
+    @property
+    def plugin_name(self) -> str | None:
+        step = self.step
+        return None if step is None else step.plugin
+
+    @property
+    def plugin_data(self) -> dict[str, Any]:
+        """The running plugin's private dict for this request."""
+        by_plugin = self._plugin_data
+        if by_plugin is None:
+            by_plugin = self._plugin_data = {}
+        step = self.step
+        name = "" if step is None else step.plugin
+        data = by_plugin.get(name)
+        if data is None:
+            data = by_plugin[name] = {}
+        return data
+
+    @property
+    def plugin_metadata(self) -> Mapping[str, Any] | None:
+        step = self.step
+        if step is None:
+            return None
+        state = self.state
+        return None if state is None else state.plugin_metadata.get(step.plugin)
+
     # --- the plugin_sdk.Context surface -------------------------------------------------
     @property
     def upstream(self) -> UpstreamChanges:
@@ -151,8 +204,17 @@ class RequestContext:
         return view
 
     @property
-    def log(self) -> logging.Logger:
-        return self.plugin_log
+    def log(self) -> PluginLogger:
+        """A logger bound to the running plugin and this request (made on first use)."""
+        loggers = self._loggers
+        if loggers is None:
+            loggers = self._loggers = {}
+        step = self.step
+        name = "" if step is None else step.plugin
+        logger = loggers.get(name)
+        if logger is None:
+            logger = loggers[name] = PluginLogger(name, self.ensure_request_id())
+        return logger
 
     def ensure_request_id(self) -> str:
         rid = self.request_id

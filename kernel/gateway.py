@@ -22,6 +22,7 @@ from kernel.encryption import DataEncryption
 from kernel.plugins.loader import load_registry
 from kernel.plugins.manager import PluginRegistry
 from kernel.plugins.reload import PluginStatus, ReloadOutcome, refusal_reasons, status_path
+from kernel.plugins.runtime import RUNTIME as PLUGIN_RUNTIME
 from kernel.plugins.watcher import PluginWatcher, WatchTargets, targets_for
 from kernel.proxy import Proxy
 from kernel.server import HttpProtocol, RealIP, ServerLimits
@@ -399,6 +400,8 @@ class Gateway:
         if self.access_log is not None:
             self.access_log.close()
         self.registry.destroy_all()
+        # -- plugin runtime (issue 4): the worker's shared outbound HTTP session --
+        await PLUGIN_RUNTIME.close_http_client()
 
     def listen_ports(self) -> list[Any]:
         return [s.getsockname() for srv in self.servers for s in (srv.sockets or ())]

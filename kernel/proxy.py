@@ -89,7 +89,7 @@ class Proxy(UpstreamForwarder):
         ctx.uri_params = match.params
         if route.direct and req.body_stream is None and not req.upgrade:
             try:
-                if self._direct(proto, req, ctx, route):
+                if self._direct(proto, req, ctx, route, state):
                     return
             except Exception:
                 log.exception("unhandled error while serving %s %s", req.method, req.raw_uri)
@@ -99,13 +99,16 @@ class Proxy(UpstreamForwarder):
         self.loop.create_task(self.handle(proto, req, ctx, route, state))
 
     def _direct(
-        self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext, route: CompiledRoute
+        self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext, route: CompiledRoute,
+        state: GatewayState,
     ) -> bool:
         """Start the callback path; ``False`` leaves the request to :meth:`handle`."""
         chain = route.chain
         if chain.rewrite or chain.access:
             ctx.chain = chain
+            ctx.state = state  # only requests that run plugins keep it (ctx.plugin_metadata)
             for step in chain.rewrite + chain.access:
+                ctx.step = step
                 try:
                     result = step.func(ctx, step.conf)
                 except Exception:  # isolated: this request gets a 500, as on the task path
@@ -117,6 +120,7 @@ class Proxy(UpstreamForwarder):
                         return True
         elif not chain.empty:
             ctx.chain = chain
+            ctx.state = state
         upstream = route.upstream
         assert upstream is not None and upstream.picker is not None
         node = upstream.picker.pick(ctx, None)
@@ -125,6 +129,7 @@ class Proxy(UpstreamForwarder):
             return True
         ctx.node = node
         for step in chain.before_proxy:
+            ctx.step = step
             try:
                 result = step.func(ctx, step.conf)
             except Exception:
@@ -187,6 +192,7 @@ class Proxy(UpstreamForwarder):
         route: CompiledRoute | None, state: GatewayState,
     ) -> None:
         """Serve one request on the task path, then let the connection read the next one."""
+        ctx.state = state
         try:
             if route is None:
                 await self._unmatched(proto, ctx, state)

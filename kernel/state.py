@@ -15,11 +15,12 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from itertools import compress
+from types import MappingProxyType
 from typing import Any
 
 from kernel import schemas
 from kernel.chain import EMPTY_CHAIN, Chain, compile_chain, merge_plugins, plaintext_conf
-from kernel.plugins.manager import PluginRegistry, check_conf
+from kernel.plugins.manager import PluginRegistry, check_conf, prepare_conf
 from kernel.router import Router, RouteSpec
 from kernel.store.base import COLLECTIONS, Problem, Snapshot, item_key
 from kernel.upstream.connection import PoolSettings
@@ -92,6 +93,9 @@ class GatewayState:
     errors: tuple[str, ...] = ()
     cache: Any = None
     """The :class:`BuildCache` the next build starts from."""
+    plugin_metadata: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    """plugin name -> its ``plugin_metadata`` (without ``id``, validated against the plugin's
+    ``metadata_schema``, defaults filled, read-only): what ``ctx.plugin_metadata`` gives."""
 
 
 def combine(first: Chain, second: Chain) -> Chain:
@@ -148,6 +152,14 @@ def item_problems(
             path, message = _field_path("", err.message)
             return [(path, message)]
     out: list[tuple[str, str]] = []
+    if collection == "plugin_metadata":
+        info = registry.get(str(item.get("id")))
+        if info is not None:  # metadata of a plugin not loaded here is kept, unused
+            conf = {k: v for k, v in item.items() if k != "id"}
+            err_msg = check_conf(info, conf, "metadata")
+            if err_msg is not None:
+                out.append(("", f"invalid plugin_metadata of plugin [{info.name}]: {err_msg}"))
+        return out
     plugins = item.get("plugins")
     if isinstance(plugins, Mapping):
         for name, conf in plugins.items():
@@ -278,6 +290,7 @@ class BuildCache:
     route_deps: dict[str, tuple[tuple[str, str], ...]] = field(default_factory=dict)
     dependents: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     """``("upstream" | "service" | "plugin_config", id)`` -> ids of the routes referring to it"""
+    plugin_metadata: dict[str, Mapping[str, Any]] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -486,6 +499,14 @@ def build_state(
     for key, raw in svc.changed.items():
         services[key] = schemas.with_defaults("service", raw)
     pcs = _diff_since("plugin_configs", snapshot, prev)
+    pmd = _diff_since("plugin_metadata", snapshot, prev)
+    plugin_metadata = dict(prev.plugin_metadata) if prev is not None else {}
+    for key in (*pmd.removed, *pmd.changed):
+        plugin_metadata.pop(key, None)
+    for key, raw in pmd.changed.items():
+        resolved = _metadata(registry, key, raw)
+        if resolved is not None:
+            plugin_metadata[key] = resolved
 
     global_raw = snapshot.items("global_rules")
     global_changed = prev is None or not _same(prev.global_rules, global_raw)
@@ -549,14 +570,15 @@ def build_state(
     router = _next_router(prev, rts, items, router_changes, entries, router_kind)
     cache.router = router
     cache.version = snapshot.version
+    diffs = {"upstreams": ups, "services": svc, "plugin_configs": pcs, "plugin_metadata": pmd,
+             "routes": rts}  # fmt: skip
     cache.items = {
         name: diff.items
-        for name, diff in (("upstreams", ups), ("services", svc), ("plugin_configs", pcs),
-                           ("routes", rts))
+        for name, diff in diffs.items()
         if diff.items is not None
     }
-    cache.raws = {"upstreams": ups.raws, "services": svc.raws, "plugin_configs": pcs.raws,
-                  "routes": rts.raws}  # fmt: skip
+    cache.raws = {name: diff.raws for name, diff in diffs.items()}
+    cache.plugin_metadata = plugin_metadata
     cache.upstreams, cache.services, cache.service_upstreams = (
         upstreams, services, service_upstreams)  # fmt: skip
     cache.routes, cache.compiled, cache.route_errors = entries, compiled_routes, route_errors
@@ -575,7 +597,23 @@ def build_state(
         snapshot=snapshot,
         errors=tuple(errors),
         cache=cache,
+        plugin_metadata=plugin_metadata,
     )
+
+
+def _metadata(
+    registry: PluginRegistry, name: str, raw: Mapping[str, Any]
+) -> Mapping[str, Any] | None:
+    """The ``plugin_metadata`` item of plugin ``name`` as hooks see it (``None``: the plugin
+    is not loaded here, or the item does not fit its ``metadata_schema``, which is logged)."""
+    info = registry.get(name)
+    if info is None:
+        return None
+    filled, err = prepare_conf(info, {k: v for k, v in raw.items() if k != "id"}, "metadata")
+    if err is not None or filled is None:
+        log.error("plugin_metadata of plugin [%s] ignored: %s", name, err)
+        return None
+    return MappingProxyType(filled)
 
 
 def _next_router(

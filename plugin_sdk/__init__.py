@@ -16,7 +16,8 @@ A plugin is a module with ``name``, ``version``, ``priority``, ``schema`` (and o
         if ctx.var["arg_block"]:
             return Response(403, {"message": f"bye {conf['who']}"})
 
-The SDK never imports the kernel.
+Beyond one request, :func:`shared_dict` (kernel-owned dicts that survive plugin reloads) and
+:func:`http_client` (the worker's shared aiohttp session). The SDK never imports the kernel.
 """
 
 from __future__ import annotations
@@ -32,9 +33,10 @@ from .headers import Headers
 from .hooks import PHASES
 from .markers import hookimpl, hookspec
 from .response import Response
+from .runtime import SharedDict, http_client, shared_dict
 from .template import compile_capture_template, compile_template
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 
 T = TypeVar("T")
@@ -111,6 +113,7 @@ __all__ = [
     "Response",
     "ResponseView",
     "SchemaError",
+    "SharedDict",
     "UpstreamRequest",
     "Vars",
     "__version__",
@@ -119,4 +122,6 @@ __all__ = [
     "compile_template",
     "hookimpl",
     "hookspec",
+    "http_client",
+    "shared_dict",
 ]

@@ -87,10 +87,25 @@ class Context(Protocol):
     upstream: UpstreamRequest
     response: ResponseView
     route: Mapping[str, Any] | None
-    """The matched route's configuration (read-only)."""
+    """The matched route's configuration as stored (read-only; ``None`` when no route
+    matched, e.g. in a global rule answering a 404)."""
     service: Mapping[str, Any] | None
+    """The matched route's service (its stored configuration, read-only), or ``None``."""
     consumer: Mapping[str, Any] | None
+    """The authenticated consumer (read-only), or ``None``."""
+    plugin_name: str | None
+    """The name of the plugin whose hook is running (``None`` outside a hook)."""
     shared: dict[str, Any]
-    """Per-request storage shared by all plugins."""
+    """Per-request storage shared by all plugins of this request (made on first use)."""
+    plugin_data: dict[str, Any]
+    """Per-request storage private to the running plugin: the same dict in all of this plugin's
+    phases of this request (``rewrite`` to ``log``), invisible to other plugins. Made on first
+    use, so a request whose plugins never touch it pays nothing."""
+    plugin_metadata: Mapping[str, Any] | None
+    """The running plugin's ``plugin_metadata`` (``/apisix/admin/plugin_metadata/<name>``),
+    validated against its ``metadata_schema`` with defaults filled in, read-only; ``None``
+    when none is configured. Resolved once per config generation, not per request."""
     log: logging.Logger | logging.LoggerAdapter[logging.Logger]
-    """A logger bound to the gateway; messages carry the request id."""
+    """A logger bound to the running plugin and this request (logger
+    ``sixgate.plugin.<name>``): messages read ``[<name>] <message>, request_id: <id>`` and
+    the records carry ``plugin`` and ``request_id`` attributes. Made on first use."""

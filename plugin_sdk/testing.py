@@ -37,6 +37,8 @@ or helper is used, so ``plugin_sdk`` itself never imports the kernel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
 import http.client
 import inspect
 import itertools
@@ -51,7 +53,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
+from types import MappingProxyType, ModuleType
 from typing import Any
 
 import pytest
@@ -506,6 +508,27 @@ class GatewayHarness:
         self.apply(doc)
         return rid
 
+    def set_plugin_metadata(self, plugin: str, metadata: Mapping[str, Any] | None) -> None:
+        """Set (``None``: remove) the ``plugin_metadata`` of ``plugin``, as ``PUT
+        /apisix/admin/plugin_metadata/<plugin>`` does, and wait until it is live. Raises
+        :class:`ConfigRejected` when the plugin is not loaded or its ``metadata_schema``
+        refuses it (as the Admin API would)."""
+        from kernel.plugins.manager import check_conf
+
+        if metadata is not None:
+            info = self._gateway.registry.get(plugin)
+            if info is None:
+                raise ConfigRejected(f"invalid plugin name: {plugin}")
+            err = check_conf(info, dict(metadata), "metadata")
+            if err is not None:
+                raise ConfigRejected(f"invalid configuration: {err}")
+        doc = {k: list(v) for k, v in self.doc.items()}
+        items = [m for m in doc.get("plugin_metadata", []) if str(m.get("id")) != plugin]
+        if metadata is not None:
+            items.append({**dict(metadata), "id": plugin})
+        doc["plugin_metadata"] = items
+        self.apply(doc)
+
     def remove_route(self, rid: str) -> None:
         doc = {k: list(v) for k, v in self.doc.items()}
         doc["routes"] = [r for r in doc.get("routes", []) if str(r.get("id")) != str(rid)]
@@ -683,11 +706,17 @@ def make_context(
     consumer: Mapping[str, Any] | None = None,
     status: int = 200,
     response_headers: Mapping[str, str] | None = None,
+    plugin_metadata: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> Any:
     """The kernel's request context for ``method path`` (``path`` may carry ``?query``), as
     hooks get it: ``ctx.var``, ``ctx.request``, ``ctx.upstream``, ``ctx.response``, ...
 
     ``status``/``response_headers`` preset ``ctx.response`` for ``header_filter`` tests.
+    ``plugin_metadata`` (``plugin name -> metadata``) is what ``ctx.plugin_metadata`` gives
+    each plugin (:func:`run_phase` validates it and fills the defaults of its
+    ``metadata_schema``). ``ctx.plugin_data``, ``ctx.log`` and ``ctx.plugin_metadata`` belong
+    to the plugin :func:`run_phase` runs; one context passed to several ``run_phase`` calls
+    keeps each plugin's ``plugin_data``, as one request does.
     """
     from kernel.context import RequestContext
     from kernel.server import HttpRequest
@@ -718,6 +747,14 @@ def make_context(
     ctx.service = service
     ctx.consumer = consumer
     ctx.status = status
+    if plugin_metadata is not None:  # checked against each plugin's schema by run_phase
+        from kernel.plugins.manager import PluginRegistry
+        from kernel.state import empty_state
+
+        ctx.state = dataclasses.replace(
+            empty_state(PluginRegistry([])),
+            plugin_metadata={str(k): v for k, v in plugin_metadata.items()},
+        )
     if response_headers:
         for k, v in response_headers.items():
             ctx.response.headers.add(k, v)
@@ -751,8 +788,30 @@ def _prepare(plugin: ModuleType | str, phase: str, conf: Mapping[str, Any] | Non
     if err is not None:
         raise ConfigRejected(f"failed to check the configuration of plugin {info.name} "
                              f"err: {err}")
-    func, _ = info.phases[phase]
-    return func, filled
+    func, is_async = info.phases[phase]
+    return func, filled, (info, phase, is_async)
+
+
+def _bind(ctx: Any, func: Any, filled: Any, binding: Any) -> None:
+    """Make ``ctx`` run ``func`` as the kernel would: as the current step of its plugin (for
+    ``ctx.plugin_data``, ``ctx.log``, ``ctx.plugin_metadata``)."""
+    from kernel.chain import Step
+    from kernel.plugins.manager import prepare_conf
+
+    info, phase, is_async = binding
+    if not hasattr(ctx, "step"):
+        return  # a context of the plugin author's own making
+    ctx.step = Step(plugin=info.name, func=func, conf=filled, is_async=is_async, phase=phase,
+                    priority=info.priority)
+    state = getattr(ctx, "state", None)
+    raw = state.plugin_metadata.get(info.name) if state is not None else None
+    if state is not None and raw is not None and not isinstance(raw, MappingProxyType):
+        # resolved as a build resolves it
+        meta, err = prepare_conf(info, dict(raw), "metadata")
+        if err is not None or meta is None:
+            raise ConfigRejected(f"invalid plugin_metadata of plugin {info.name}: {err}")
+        resolved = {**state.plugin_metadata, info.name: MappingProxyType(meta)}
+        ctx.state = dataclasses.replace(state, plugin_metadata=resolved)
 
 
 async def run_phase_async(
@@ -760,8 +819,9 @@ async def run_phase_async(
     ctx: Any = None, **ctx_args: Any,
 ) -> Any:
     """As :func:`run_phase`, for ``async`` tests."""
-    func, filled = _prepare(plugin, phase, conf)
+    func, filled, binding = _prepare(plugin, phase, conf)
     ctx = ctx if ctx is not None else make_context(**ctx_args)
+    _bind(ctx, func, filled, binding)
     result = func(ctx, filled)
     if inspect.isawaitable(result):
         result = await result
@@ -781,8 +841,9 @@ def run_phase(
     ``ctx.response``, ``ctx.var``). Async hooks are run to completion; inside a running event
     loop use :func:`run_phase_async`.
     """
-    func, filled = _prepare(plugin, phase, conf)
+    func, filled, binding = _prepare(plugin, phase, conf)
     ctx = ctx if ctx is not None else make_context(**ctx_args)
+    _bind(ctx, func, filled, binding)
     result = func(ctx, filled)
     if inspect.isawaitable(result):
         try:
@@ -806,6 +867,9 @@ async def _await(awaitable: Any) -> Any:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # the kernel's shared dicts / HTTP client, for plugin modules imported by tests
+    with contextlib.suppress(ImportError):
+        import kernel.plugins.runtime  # noqa: F401
     config.addinivalue_line(
         "markers",
         "sixgate(plugins=None, plugin_dirs=(), plugin_attr=None, config=None): options of the "

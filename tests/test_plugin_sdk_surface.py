@@ -27,6 +27,7 @@ PUBLIC = [
     "Response",
     "ResponseView",
     "SchemaError",
+    "SharedDict",
     "UpstreamRequest",
     "Vars",
     "__version__",
@@ -35,6 +36,8 @@ PUBLIC = [
     "compile_template",
     "hookimpl",
     "hookspec",
+    "http_client",
+    "shared_dict",
 ]
 
 TESTING_PUBLIC = [
@@ -54,7 +57,9 @@ PHASES = ("rewrite", "access", "before_proxy", "header_filter", "body_filter", "
 
 def test_version_is_semver() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", plugin_sdk.__version__)
-    assert plugin_sdk.__version__ == "0.1.0"
+    # 0.2.0 added plugin_data, plugin_name, plugin_metadata, the bound ctx.log, shared_dict,
+    # SharedDict and http_client (additions only: a minor bump).
+    assert plugin_sdk.__version__ == "0.2.0"
 
 
 def test_public_names_are_pinned() -> None:
@@ -89,6 +94,14 @@ def test_response_and_context_shapes() -> None:
     for attr in ("var", "request", "upstream", "response", "route", "service", "consumer",
                  "shared", "log"):
         assert attr in plugin_sdk.Context.__annotations__, attr
+    for attr in ("plugin_name", "plugin_data", "plugin_metadata"):
+        assert attr in plugin_sdk.Context.__annotations__, attr
+    for meth in ("get", "set", "add", "incr", "delete", "ttl", "keys", "clear"):
+        assert callable(getattr(plugin_sdk.SharedDict, meth)), meth
+    assert list(inspect.signature(plugin_sdk.SharedDict.incr).parameters) == [
+        "self", "key", "delta", "init", "ttl"]
+    assert list(inspect.signature(plugin_sdk.shared_dict).parameters) == ["name"]
+    assert list(inspect.signature(plugin_sdk.http_client).parameters) == []
     for attr in ("method", "path", "raw_uri", "query_string", "headers", "client_ip"):
         assert attr in plugin_sdk.Request.__annotations__, attr
     assert callable(plugin_sdk.Request.body)

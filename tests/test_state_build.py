@@ -213,3 +213,30 @@ def test_reordered_items_reorder_equal_priority_routes(registry: PluginRegistry,
     reordered = [second, first, *others[:-1]] if extra else [second, first]
     state = build_state(snap(routes=reordered), registry, previous=state.cache)
     assert state.router.match("/t", "GET", None, None, "127.0.0.1", {}).spec.id == "b"  # type: ignore[union-attr]
+
+
+def test_plugin_metadata_is_validated_and_resolved_once_per_build(tmp_path: Any) -> None:
+    (tmp_path / "meta.py").write_text(
+        "from plugin_sdk import hookimpl\n"
+        "name = 'meta'\nversion = '1'\npriority = 1\nschema = {'type': 'object'}\n"
+        "metadata_schema = {'type': 'object', 'properties': {\n"
+        "    'n': {'type': 'integer'}, 'greeting': {'type': 'string', 'default': 'hi'}}}\n"
+        "@hookimpl\ndef access(ctx, conf):\n    pass\n"
+    )
+    reg, errors = load_registry(["meta"], [tmp_path], {})
+    assert not errors
+    bad = snap(plugin_metadata=[{"id": "meta", "n": "two"}])
+    problems = SnapshotValidator()(bad, reg)
+    assert [p.path for p in problems] == ["plugin_metadata[0]"]
+    assert "invalid plugin_metadata of plugin [meta]" in problems[0].message
+    other = {"id": "not-loaded", "anything": 1}  # kept, unused, on a node without the plugin
+    good = snap(plugin_metadata=[{"id": "meta", "n": 2}, other])
+    assert SnapshotValidator()(good, reg) == []
+    state = build_state(good, reg)
+    assert dict(state.plugin_metadata["meta"]) == {"n": 2, "greeting": "hi"}
+    assert "not-loaded" not in state.plugin_metadata
+    again = build_state(snap(plugin_metadata=list(good.items("plugin_metadata"))), reg,
+                        previous=state.cache)  # fmt: skip
+    assert again.plugin_metadata["meta"] is state.plugin_metadata["meta"]
+    gone = build_state(snap(), reg, previous=again.cache)
+    assert gone.plugin_metadata == {}

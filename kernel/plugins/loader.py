@@ -37,6 +37,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from kernel.plugins import runtime as _runtime  # noqa: F401  (installed before any plugin import)
 from plugin_sdk.errors import PluginError
 
 from .manager import PluginRegistry
