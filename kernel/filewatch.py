@@ -4,7 +4,8 @@ Used by the standalone config file (:mod:`kernel.store.yaml_file`) and by the pl
 watcher (:mod:`kernel.plugins.watcher`). watchdog runs its observer thread; each event on a
 path the owner cares about is bridged into the loop and debounced: ``on_change`` runs
 ``debounce`` seconds after the last event of a burst (at once when the burst has lasted
-``max_wait``). Independently, every ``poll_interval`` seconds ``changed()`` is asked, which
+``max_wait``, or when a file was renamed into place: an atomic replace leaves nothing half
+written to wait for). Independently, every ``poll_interval`` seconds ``changed()`` is asked, which
 catches what watchdog misses (network file systems, no inotify) or everything when watchdog
 cannot start.
 """
@@ -118,9 +119,11 @@ class FileWatch:
                 def on_any_event(self, event: FileSystemEvent) -> None:
                     if event.is_directory or event.event_type in _IGNORED_EVENTS:
                         return
-                    paths = (event.src_path, getattr(event, "dest_path", "") or "")
-                    if any(p and watch._matches(os.path.abspath(os.fsdecode(p))) for p in paths):
-                        watch._notify_threadsafe()
+                    dest = getattr(event, "dest_path", "") or ""
+                    if dest and watch._matches(os.path.abspath(os.fsdecode(dest))):
+                        watch._notify_threadsafe(event.event_type == "moved")
+                    elif watch._matches(os.path.abspath(os.fsdecode(event.src_path))):
+                        watch._notify_threadsafe(False)
 
             self._handler = Handler()
             self._observer = Observer()
@@ -131,13 +134,14 @@ class FileWatch:
             self._log.warning("cannot watch %s (%s); polling every %ss instead", self._what, err,
                               self._poll_interval)  # fmt: skip
 
-    def _notify_threadsafe(self) -> None:
+    def _notify_threadsafe(self, complete: bool) -> None:
         loop = self._loop
         if loop is not None:
             with contextlib.suppress(RuntimeError):  # loop closed
-                loop.call_soon_threadsafe(self._schedule)
+                loop.call_soon_threadsafe(self._schedule, complete)
 
-    def _schedule(self) -> None:
+    def _schedule(self, complete: bool = False) -> None:
+        """Debounce an event; ``complete``: a file renamed into place (no need to wait)."""
         loop = self._loop
         if loop is None:
             return
@@ -146,7 +150,8 @@ class FileWatch:
             self._burst_since = now
         if self._timer is not None:
             self._timer.cancel()
-        delay = 0.0 if now - self._burst_since >= self._max_wait else self._debounce
+        waited = now - self._burst_since
+        delay = 0.0 if complete or waited >= self._max_wait else self._debounce
         self._timer = loop.call_later(delay, self._fire)
 
     def _fire(self) -> None:

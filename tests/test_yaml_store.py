@@ -483,3 +483,23 @@ def test_check_reports_unreadable_and_missing(tmp_path: Path) -> None:
     assert "cannot read the file" in problem.message
     [problem] = YamlFileStore(tmp_path / "nope.yaml", None, {}).check()
     assert str(problem) == f"{tmp_path / 'nope.yaml'}: file not found"
+
+
+async def test_a_file_renamed_into_place_is_read_without_waiting_for_the_debounce(
+    conf: Path, make: Any
+) -> None:
+    """An atomic replace (what the Admin API and most editors do) leaves nothing half written:
+    it is read at once; an in-place write still waits ``debounce`` after its last event."""
+    conf.write_text(routes_yaml("/a"))
+    store, rec = await make(conf, debounce=1.5, poll_interval=30)
+    assert store._watch is not None and store._watch.watchdog_active
+    t0 = time.perf_counter()
+    write_atomic(conf, routes_yaml("/renamed"))
+    await rec.wait_count(2, timeout=5.0)
+    assert uris(rec.last) == ["/renamed"]
+    assert rec.times[-1] - t0 < 1.0
+    t0 = time.perf_counter()
+    write_in_place(conf, routes_yaml("/in-place"))
+    await rec.wait_count(3, timeout=5.0)
+    assert uris(rec.last) == ["/in-place"]
+    assert rec.times[-1] - t0 >= 1.4
