@@ -9,12 +9,10 @@ Every config change (file edit, etcd event, Admin write, plugin reload) ends in 
 from __future__ import annotations
 
 import logging
-import operator
 import re
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from itertools import compress
 from types import MappingProxyType
 from typing import Any
 
@@ -22,7 +20,7 @@ from kernel import schemas
 from kernel.chain import EMPTY_CHAIN, Chain, compile_chain, merge_plugins, plaintext_conf
 from kernel.plugins.manager import PluginRegistry, check_conf, prepare_conf
 from kernel.router import Router, RouteSpec
-from kernel.store.base import COLLECTIONS, Problem, Snapshot, item_key
+from kernel.store.base import COLLECTIONS, Problem, Snapshot, item_key, moved_items
 from kernel.upstream.connection import PoolSettings
 from kernel.upstream.runtime import Timeouts, UpstreamRuntime
 from plugin_sdk import ExprError, compile_expr
@@ -357,7 +355,7 @@ def _diff(
                 if before is None or before != raw:
                     changed[key] = raw
         return _Diff(items, raws, changed, old_raws.keys() - raws.keys(), fresh)
-    arrived, left, reordered = _moved(items, old_items)
+    arrived, left, reordered = moved_items(items, old_items)
     if reordered and not arrived:  # hand-reordered items, nothing else
         return _Diff(items, old_raws, {}, set(), 0, True)
     if not arrived and not left:
@@ -375,33 +373,6 @@ def _diff(
             changed[key] = raw
     return _Diff(items, raws, changed, {k for k in gone if k not in raws}, len(arrived),
                  reordered)
-
-
-_FEW = 64
-
-
-def _moved(
-    items: tuple[Any, ...], old: tuple[Any, ...]
-) -> tuple[list[Any], list[Any], bool]:
-    """``(arrived, left, reordered)``: the item objects of ``items`` not in ``old``, those of
-    ``old`` not in ``items``, and whether the objects in both changed their relative order.
-    An edit in place or an append is found position by position (C-level); anything else
-    (removals shift positions) through sets of object ids."""
-    if len(items) >= len(old):
-        differ = list(compress(range(len(old)), map(operator.is_not, items, old)))
-        if len(differ) <= _FEW:
-            came = [items[i] for i in differ]
-            went = [old[i] for i in differ]
-            moved = set(map(id, came)) & set(map(id, went))  # swapped, not replaced
-            arrived = [x for x in came if id(x) not in moved] + list(items[len(old):])
-            return arrived, [x for x in went if id(x) not in moved], bool(moved)
-    new_ids = dict(zip(map(id, items), items, strict=True))
-    old_ids = dict(zip(map(id, old), old, strict=True))
-    kept_new = [x for x in items if id(x) in old_ids]
-    kept_old = [x for x in old if id(x) in new_ids]
-    reordered = any(map(operator.is_not, kept_new, kept_old))
-    return ([new_ids[i] for i in new_ids.keys() - old_ids.keys()],
-            [old_ids[i] for i in old_ids.keys() - new_ids.keys()], reordered)  # fmt: skip
 
 
 def _diff_since(collection: str, snapshot: Snapshot, previous: BuildCache | None) -> _Diff:

@@ -12,9 +12,11 @@ the last good snapshot keeps serving and every :class:`Problem` is logged, one l
 
 from __future__ import annotations
 
+import operator
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from itertools import compress
 from types import MappingProxyType
 from typing import Any
 
@@ -169,3 +171,30 @@ class ConfigStore(ABC):
         """Read, parse and validate the stored config without applying it (``sixgate validate``).
 
         Blocking; ``[]`` means the config is good."""
+
+
+_FEW = 64
+
+
+def moved_items(
+    items: tuple[Any, ...], old: tuple[Any, ...]
+) -> tuple[list[Any], list[Any], bool]:
+    """``(arrived, left, reordered)``: the item objects of ``items`` not in ``old``, those of
+    ``old`` not in ``items``, and whether the objects in both changed their relative order.
+    An edit in place or an append is found position by position (C-level); anything else
+    (removals shift positions) through sets of object ids."""
+    if len(items) >= len(old):
+        differ = list(compress(range(len(old)), map(operator.is_not, items, old)))
+        if len(differ) <= _FEW:
+            came = [items[i] for i in differ]
+            went = [old[i] for i in differ]
+            moved = set(map(id, came)) & set(map(id, went))  # swapped, not replaced
+            arrived = [x for x in came if id(x) not in moved] + list(items[len(old):])
+            return arrived, [x for x in went if id(x) not in moved], bool(moved)
+    new_ids = dict(zip(map(id, items), items, strict=True))
+    old_ids = dict(zip(map(id, old), old, strict=True))
+    kept_new = [x for x in items if id(x) in old_ids]
+    kept_old = [x for x in old if id(x) in new_ids]
+    reordered = any(map(operator.is_not, kept_new, kept_old))
+    return ([new_ids[i] for i in new_ids.keys() - old_ids.keys()],
+            [old_ids[i] for i in old_ids.keys() - new_ids.keys()], reordered)  # fmt: skip

@@ -67,7 +67,13 @@ from itertools import compress, repeat
 from pathlib import Path
 from typing import Any, TypeVar
 
-from kernel.store.base import COLLECTIONS, ConfigRejected, Snapshot, freeze_collections
+from kernel.store.base import (
+    COLLECTIONS,
+    ConfigRejected,
+    Snapshot,
+    freeze_collections,
+    moved_items,
+)
 from kernel.store.resources import Entry, ResourceStore, RevisionConflict, StoreUnavailable
 from kernel.store.yaml_file import YamlFileStore, _atomic_write
 
@@ -403,15 +409,14 @@ class YamlResourceStore(ResourceStore):
         for collection in COLLECTIONS:
             items = snapshot.items(collection)
             before = self._indexed.get(collection, ())
-            if items == before:  # same objects: an element-wise identity check
+            if items is before:
                 continue
-            old = dict(zip(map(id, before), before, strict=True))
-            new = dict(zip(map(id, items), items, strict=True))
-            for i in old.keys() - new.keys():
-                index.pop(self._key(collection, _served_ident(collection, old[i])), None)
-                self._hashes.pop(i, None)
-            for i in new.keys() - old.keys():
-                index[self._key(collection, _served_ident(collection, new[i]))] = new[i]
+            arrived, left, _reordered = moved_items(items, before)
+            for item in left:
+                index.pop(self._key(collection, _served_ident(collection, item)), None)
+                self._hashes.pop(id(item), None)
+            for item in arrived:
+                index[self._key(collection, _served_ident(collection, item))] = item
             self._indexed[collection] = items
         self._index, self._index_version = index, snapshot.version
         return index
