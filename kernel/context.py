@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from kernel.chain import EMPTY_CHAIN
@@ -15,7 +16,6 @@ from plugin_sdk import Headers
 if TYPE_CHECKING:
     from kernel.chain import Step
     from kernel.server import HttpRequest
-    from kernel.state import GatewayState
     from kernel.upstream.nodes import Node
 
 log = logging.getLogger("sixgate")
@@ -134,8 +134,12 @@ class RequestContext:
     step: Step | None = None
     """The step (plugin hook) running now; set by the chain runners before each call."""
 
-    state: GatewayState | None = None
-    """The state the request started with; set only for requests that run plugins."""
+    plugin_metadata_map: Mapping[str, Mapping[str, Any]] = MappingProxyType({})
+    """plugin name -> its metadata, from the state the request started with (set for requests
+    that run plugins). Only this mapping, never the state: a context lives until the cyclic GC
+    frees it, and contexts holding whole states kept every replaced state (10,000-route dict
+    copies) alive until a collection freed them all at once -- a 150 ms stall per second of
+    Admin writes at 10,000 routes."""
 
     def __init__(self, request: HttpRequest, host: str) -> None:
         self.request = request
@@ -185,8 +189,7 @@ class RequestContext:
         step = self.step
         if step is None:
             return None
-        state = self.state
-        return None if state is None else state.plugin_metadata.get(step.plugin)
+        return self.plugin_metadata_map.get(step.plugin)
 
     # --- the plugin_sdk.Context surface -------------------------------------------------
     @property

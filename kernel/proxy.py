@@ -106,7 +106,7 @@ class Proxy(UpstreamForwarder):
         chain = route.chain
         if chain.rewrite or chain.access:
             ctx.chain = chain
-            ctx.state = state  # only requests that run plugins keep it (ctx.plugin_metadata)
+            ctx.plugin_metadata_map = state.plugin_metadata  # for ctx.plugin_metadata
             for step in chain.rewrite + chain.access:
                 ctx.step = step
                 try:
@@ -120,7 +120,7 @@ class Proxy(UpstreamForwarder):
                         return True
         elif not chain.empty:
             ctx.chain = chain
-            ctx.state = state
+            ctx.plugin_metadata_map = state.plugin_metadata
         upstream = route.upstream
         assert upstream is not None and upstream.picker is not None
         node = upstream.picker.pick(ctx, None)
@@ -192,7 +192,7 @@ class Proxy(UpstreamForwarder):
         route: CompiledRoute | None, state: GatewayState,
     ) -> None:
         """Serve one request on the task path, then let the connection read the next one."""
-        ctx.state = state
+        ctx.plugin_metadata_map = state.plugin_metadata
         try:
             if route is None:
                 await self._unmatched(proto, ctx, state)

@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import http.client
 import inspect
 import itertools
@@ -748,13 +747,7 @@ def make_context(
     ctx.consumer = consumer
     ctx.status = status
     if plugin_metadata is not None:  # checked against each plugin's schema by run_phase
-        from kernel.plugins.manager import PluginRegistry
-        from kernel.state import empty_state
-
-        ctx.state = dataclasses.replace(
-            empty_state(PluginRegistry([])),
-            plugin_metadata={str(k): v for k, v in plugin_metadata.items()},
-        )
+        ctx.plugin_metadata_map = {str(k): v for k, v in plugin_metadata.items()}
     if response_headers:
         for k, v in response_headers.items():
             ctx.response.headers.add(k, v)
@@ -803,15 +796,13 @@ def _bind(ctx: Any, func: Any, filled: Any, binding: Any) -> None:
         return  # a context of the plugin author's own making
     ctx.step = Step(plugin=info.name, func=func, conf=filled, is_async=is_async, phase=phase,
                     priority=info.priority)
-    state = getattr(ctx, "state", None)
-    raw = state.plugin_metadata.get(info.name) if state is not None else None
-    if state is not None and raw is not None and not isinstance(raw, MappingProxyType):
-        # resolved as a build resolves it
+    given = ctx.plugin_metadata_map
+    raw = given.get(info.name)
+    if raw is not None and not isinstance(raw, MappingProxyType):  # as a build resolves it
         meta, err = prepare_conf(info, dict(raw), "metadata")
         if err is not None or meta is None:
             raise ConfigRejected(f"invalid plugin_metadata of plugin {info.name}: {err}")
-        resolved = {**state.plugin_metadata, info.name: MappingProxyType(meta)}
-        ctx.state = dataclasses.replace(state, plugin_metadata=resolved)
+        ctx.plugin_metadata_map = {**given, info.name: MappingProxyType(meta)}
 
 
 async def run_phase_async(
