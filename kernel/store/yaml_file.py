@@ -516,6 +516,8 @@ class YamlFileStore(ConfigStore):
             self._dirty.clear()
             try:
                 async with self._lock:
+                    if _stat_sig(self._path) == self._last_sig:
+                        continue  # what is there was applied already (this store's own write)
                     self._apply(await asyncio.to_thread(self._read_and_build))
             except Exception:
                 self._log.exception("%s: reload failed", self._source)
