@@ -924,7 +924,8 @@ class Router:
         """The router with the routes of ``changes`` replaced (``None``: removed). A changed
         route keeps its load order; a new one loads last. This router is left as it is.
 
-        Raises ``ValueError`` when this router was built from duplicate route ids."""
+        Raises ``ValueError`` when this router was built from duplicate route ids or was
+        updated already (its per-route table went to the router that update made)."""
         if not self._updatable:
             raise ValueError("router built from duplicate route ids: rebuild it instead")
         new = Router.__new__(Router)
@@ -932,7 +933,10 @@ class Router:
         new._cands = self._cands  # read-only here; only a full build refreshes it
         new._updatable = True
         new._next_seq = self._next_seq
-        entries = new._entries = dict(self._entries)
+        # the per-route table is taken over, not copied (it is not used to match): this router
+        # can no longer be updated (a later update of it rebuilds instead)
+        entries = new._entries = self._entries
+        self._updatable = False
         # (label, is prefix, path or key) -> (entries leaving, entries arriving)
         edits: dict[tuple[str, bool, str], tuple[list[_Entry], list[_Entry]]] = {}
         for rid, spec in changes.items():

@@ -199,7 +199,7 @@ class SnapshotValidator:
         problems: list[Problem] = []
         for collection in COLLECTIONS:
             diff = _diff(collection, snapshot, self._version, self._items.get(collection),
-                         self._raws.get(collection))  # fmt: skip
+                         self._raws.get(collection), take=True)  # fmt: skip
             self._items[collection], self._raws[collection] = diff.items, diff.raws
             found = self._found.get(collection, {})
             bad = self._bad.get(collection, set())
@@ -267,6 +267,10 @@ class BuildCache:
     pool: PoolSettings | None = None
     router_kind: str = ""
     router: Router | None = None
+    consumed: bool = False
+    """A cache seeds one build: that build takes its private tables over (moving is what keeps
+    a one-route change from copying 10,000-entry tables). A consumed cache -- its build
+    failed, or someone builds from it twice -- makes the next build start from scratch."""
     version: str = ""
     """The version of the snapshot built."""
     items: dict[str, tuple[Any, ...]] = field(default_factory=dict)
@@ -305,6 +309,8 @@ class _Diff:
     """how many items are not the previous build's objects (a full re-read: all of them)"""
     reordered: bool = False
     """items kept from the previous snapshot changed their relative order"""
+    added: set[str] = field(default_factory=set)
+    """keys that were not there before (new items, as opposed to changed ones)"""
 
 
 def _diff(
@@ -313,24 +319,28 @@ def _diff(
     seen_version: str | None,
     old_items: tuple[Any, ...] | None,
     old_raws: dict[str, Any] | None,
+    *,
+    take: bool = False,
 ) -> _Diff:
     """What changed in ``collection`` since the snapshot ``seen_version``, of which the caller
     kept ``old_items`` (the items, ``None`` when it came from a delta) and
     ``old_raws`` (key -> item; ``None``: nothing seen, everything is new). From the snapshot's
     delta when it derives from that snapshot (O(changes)), else by item identity (C-level dict
-    work), else by key and value."""
+    work), else by key and value. ``take``: ``old_raws`` may be updated in place (its owner
+    is done with it) instead of copied."""
     if old_raws is None:
         items = snapshot.items(collection)
         raws = {item_key(collection, raw): raw for raw in items}
-        return _Diff(items, raws, dict(raws), set(), len(items))
+        return _Diff(items, raws, dict(raws), set(), len(items), False, set(raws))
     delta = snapshot.delta
     if delta is not None and delta.base == seen_version:
         delta_items = delta.changed.get(collection)
         if not delta_items:
             return _Diff(None, old_raws, {}, set(), 0)
-        raws = dict(old_raws)
+        raws = old_raws if take else dict(old_raws)
         changed: dict[str, Any] = {}
         removed: set[str] = set()
+        added: set[str] = set()
         for key, item in delta_items.items():
             before = raws.get(key)
             if item is None:
@@ -339,9 +349,11 @@ def _diff(
                     removed.add(key)
             else:
                 raws[key] = item
+                if before is None:
+                    added.add(key)
                 if before is None or before != item:
                     changed[key] = item
-        return _Diff(None, raws, changed, removed, len(delta_items))
+        return _Diff(None, raws, changed, removed, len(delta_items), False, added)
     items = snapshot.items(collection)
     if old_items is None:  # what was seen came from a delta: compare by key
         raws, changed = {}, {}
@@ -354,25 +366,28 @@ def _diff(
                 fresh += 1
                 if before is None or before != raw:
                     changed[key] = raw
-        return _Diff(items, raws, changed, old_raws.keys() - raws.keys(), fresh)
+        return _Diff(items, raws, changed, old_raws.keys() - raws.keys(), fresh, False,
+                     {k for k in changed if k not in old_raws})
     arrived, left, reordered = moved_items(items, old_items)
     if reordered and not arrived:  # hand-reordered items, nothing else
         return _Diff(items, old_raws, {}, set(), 0, True)
     if not arrived and not left:
         return _Diff(items, old_raws, {}, set(), 0)
-    raws = dict(old_raws)
+    came = [(item_key(collection, raw), raw) for raw in arrived]
+    before_of = {key: old_raws.get(key) for key, _raw in came}  # read before any change
+    raws = old_raws if take else dict(old_raws)
     gone = {item_key(collection, item) for item in left}
     for key in gone:
         raws.pop(key, None)
     changed = {}
-    for raw in arrived:
-        key = item_key(collection, raw)
+    for key, raw in came:
         raws[key] = raw
-        before = old_raws.get(key)
+        before = before_of[key]
         if before is None or before != raw:
             changed[key] = raw
+    added = {key for key, before in before_of.items() if before is None}
     return _Diff(items, raws, changed, {k for k in gone if k not in raws}, len(arrived),
-                 reordered)
+                 reordered, added)
 
 
 def _diff_since(collection: str, snapshot: Snapshot, previous: BuildCache | None) -> _Diff:
@@ -380,18 +395,16 @@ def _diff_since(collection: str, snapshot: Snapshot, previous: BuildCache | None
     if previous is None:
         return _diff(collection, snapshot, None, None, None)
     return _diff(collection, snapshot, previous.version, previous.items.get(collection),
-                 previous.raws.get(collection))  # fmt: skip
+                 previous.raws.get(collection), take=True)  # fmt: skip
 
 
 class _DependencyIndex:
-    """Which routes refer to which upstream, service and plugin config, both ways; starts as
-    the previous build's and copies only the sets it changes (the previous build keeps its
-    own)."""
+    """Which routes refer to which upstream, service and plugin config, both ways; takes the
+    previous build's tables over (see :attr:`BuildCache.consumed`)."""
 
     def __init__(self, previous: BuildCache | None) -> None:
-        self.route_deps = dict(previous.route_deps) if previous is not None else {}
-        self.dependents = dict(previous.dependents) if previous is not None else {}
-        self._owned: set[tuple[str, str]] = set()
+        self.route_deps = previous.route_deps if previous is not None else {}
+        self.dependents = previous.dependents if previous is not None else {}
 
     def record(self, rid: str, deps: tuple[tuple[str, str], ...]) -> None:
         """Record that route ``rid`` now depends on ``deps`` (``()``: on nothing / removed)."""
@@ -400,19 +413,14 @@ class _DependencyIndex:
             return
         for dep in old:
             if dep not in deps:
-                self._own(dep).discard(rid)
+                self.dependents.setdefault(dep, set()).discard(rid)
         for dep in deps:
-            self._own(dep).add(rid)
+            self.dependents.setdefault(dep, set()).add(rid)
         if deps:
             self.route_deps[rid] = deps
         else:
             self.route_deps.pop(rid, None)
 
-    def _own(self, dep: tuple[str, str]) -> set[str]:
-        if dep not in self._owned:
-            self._owned.add(dep)
-            self.dependents[dep] = set(self.dependents.get(dep, ()))
-        return self.dependents[dep]
 
 
 def _route_deps(raw: Mapping[str, Any], services: Mapping[str, Any]) -> tuple[tuple[str, str], ...]:
@@ -448,10 +456,12 @@ def build_state(
     """
     pool = pool or PoolSettings()
     prev = previous
-    if prev is None or prev.registry is not registry or prev.pool != pool or (
+    if prev is None or prev.consumed or prev.registry is not registry or prev.pool != pool or (
         prev.router_kind != router_kind
     ):
         prev = None
+    else:
+        prev.consumed = True  # its private tables become this build's
     cache = BuildCache(registry=registry, pool=pool, router_kind=router_kind)
     memo: dict[Any, Any] = {}
 
@@ -462,8 +472,8 @@ def build_state(
     for key, raw in ups.changed.items():
         upstreams[key] = UpstreamRuntime(schemas.with_defaults("upstream", raw), pool, key)
     svc = _diff_since("services", snapshot, prev)
-    services = dict(prev.services) if prev is not None else {}
-    service_upstreams = dict(prev.service_upstreams) if prev is not None else {}
+    services = prev.services if prev is not None else {}
+    service_upstreams = prev.service_upstreams if prev is not None else {}
     for key in (*svc.removed, *svc.changed):
         services.pop(key, None)
         service_upstreams.pop(key, None)
@@ -502,8 +512,8 @@ def build_state(
             for key in (*diff.changed, *diff.removed):
                 dirty.update(prev.dependents.get((kind, key), ()))
         dirty.intersection_update(rts.raws)
-    entries = dict(prev.routes) if prev is not None else {}
-    route_errors = dict(prev.route_errors) if prev is not None else {}
+    entries = prev.routes if prev is not None else {}  # taken over, like the rest below
+    route_errors = prev.route_errors if prev is not None else {}
     compiled_routes = dict(prev.compiled) if prev is not None else {}
     deps_index = _DependencyIndex(prev)
 
@@ -607,8 +617,7 @@ def _next_router(
     if old is not None and len(changes) <= max(64, len(items) // 8) and rts.new_objects <= max(
         64, len(items) // 8
     ):
-        old_raws = prev.raws["routes"] if prev is not None else {}
-        new_keys = {k for k in rts.changed if k not in old_raws}
+        new_keys = rts.added
         tail = items[len(items) - len(new_keys):] if new_keys else ()
         tail_keys = [item_key("routes", raw) for raw in tail]
         if set(tail_keys) == new_keys:

@@ -240,3 +240,22 @@ def test_plugin_metadata_is_validated_and_resolved_once_per_build(tmp_path: Any)
     assert again.plugin_metadata["meta"] is state.plugin_metadata["meta"]
     gone = build_state(snap(), reg, previous=again.cache)
     assert gone.plugin_metadata == {}
+
+
+def test_a_cache_seeds_one_build_and_a_second_build_from_it_starts_afresh(
+    registry: PluginRegistry,
+) -> None:
+    routes = [{"id": str(i), "uri": f"/r{i}", "upstream": up(1)} for i in range(20)]
+    first = build_state(snap(routes=routes), registry)
+    changed = [*routes[:5], {"id": "5", "uri": "/five", "upstream": up(1)}, *routes[6:]]
+    second = build_state(snap(routes=changed), registry, previous=first.cache)
+    assert first.cache.consumed and not second.cache.consumed
+    # the first state still serves what it served (its cache's tables moved on)
+    assert first.router.match("/r5", "GET", None, None, "127.0.0.1", {}) is not None
+    assert first.router.match("/five", "GET", None, None, "127.0.0.1", {}) is None
+    assert set(first.routes) == {str(i) for i in range(20)}
+    # building from the consumed cache again gives the same as building from nothing
+    other = [*routes[:3], {"id": "3", "uri": "/three", "upstream": up(1)}, *routes[4:]]
+    again = build_state(snap(routes=other), registry, previous=first.cache)
+    fresh = build_state(snap(routes=other), registry)
+    assert _view(again) == _view(fresh)

@@ -197,8 +197,12 @@ class YamlFileStore(ConfigStore):
         (e.g. a revisions file) so that it never disagrees with the file. If it raises, nothing
         is written and the exception propagates. ``mutate`` may also raise to abort.
         """
-        sig, raw_digest, built = await asyncio.to_thread(self._write_locked, mutate, before_replace)
+        # holding the loop-side lock from the write to its apply: the change event of our own
+        # replace then finds it applied instead of reading the file again
         async with self._lock:
+            sig, raw_digest, built = await asyncio.to_thread(
+                self._write_locked, mutate, before_replace
+            )
             if _stat_sig(self._path) == sig:  # nobody replaced it since: no need to re-read
                 self._apply(_Outcome(sig, raw_digest, built))
             else:
