@@ -128,8 +128,7 @@ class RequestContext:
     _args: dict[str, Any] | None = None
     _cookies: dict[str, str] | None = None
     _shared: dict[str, Any] | None = None
-    _plugin_data: dict[str, dict[str, Any]] | None = None
-    _loggers: dict[str, PluginLogger] | None = None
+    _plugin_slots: dict[str, dict[str, Any]] | None = None
     chain: Any = EMPTY_CHAIN
     step: Step | None = None
     """The step (plugin hook) running now; set by the chain runners before each call."""
@@ -171,17 +170,26 @@ class RequestContext:
         step = self.step
         return None if step is None else step.plugin
 
+    def _plugin_slot(self) -> dict[str, Any]:
+        """What this request keeps for the running plugin (``data``, ``log``), made on first
+        use."""
+        slots = self._plugin_slots
+        if slots is None:
+            slots = self._plugin_slots = {}
+        step = self.step
+        name = "" if step is None else step.plugin
+        slot = slots.get(name)
+        if slot is None:
+            slot = slots[name] = {}
+        return slot
+
     @property
     def plugin_data(self) -> dict[str, Any]:
         """The running plugin's private dict for this request."""
-        by_plugin = self._plugin_data
-        if by_plugin is None:
-            by_plugin = self._plugin_data = {}
-        step = self.step
-        name = "" if step is None else step.plugin
-        data = by_plugin.get(name)
+        slot = self._plugin_slot()
+        data: dict[str, Any] | None = slot.get("data")
         if data is None:
-            data = by_plugin[name] = {}
+            data = slot["data"] = {}
         return data
 
     @property
@@ -209,14 +217,10 @@ class RequestContext:
     @property
     def log(self) -> PluginLogger:
         """A logger bound to the running plugin and this request (made on first use)."""
-        loggers = self._loggers
-        if loggers is None:
-            loggers = self._loggers = {}
-        step = self.step
-        name = "" if step is None else step.plugin
-        logger = loggers.get(name)
+        slot = self._plugin_slot()
+        logger: PluginLogger | None = slot.get("log")
         if logger is None:
-            logger = loggers[name] = PluginLogger(name, self.ensure_request_id())
+            logger = slot["log"] = PluginLogger(self.plugin_name or "", self.ensure_request_id())
         return logger
 
     def ensure_request_id(self) -> str:

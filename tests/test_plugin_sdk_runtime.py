@@ -148,7 +148,7 @@ def test_unused_facilities_allocate_nothing(sixgate: GatewayHarness) -> None:
         assert sixgate.get(f"/probe?id={i}").status == 200
         made = _wait_for(lambda i=i: out.get(str(i)))
         assert made is not None
-        for lazy in ("_plugin_data", "_shared", "_loggers"):
+        for lazy in ("_plugin_slots", "_shared"):
             assert lazy not in made, (lazy, made)
 
 
@@ -164,7 +164,7 @@ def test_plugin_data_with_run_phase() -> None:
     untouched = make_context()
     assert run_phase(mod_a, "header_filter", {}, ctx) is None
     assert ctx.response.headers.get("X-A-Final") == "2"
-    assert "_plugin_data" not in vars(untouched) and "_shared" not in vars(untouched)
+    assert "_plugin_slots" not in vars(untouched) and "_shared" not in vars(untouched)
 
 
 def _module(source: str, modname: str) -> ModuleType:
