@@ -66,6 +66,8 @@ class Step:
     phase: str = ""
     priority: int = 0
     """Effective priority (``_meta.priority`` or the plugin's)."""
+    rank: int = 0
+    """The plugin's position in the registry's priority order: breaks priority ties."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,6 +167,26 @@ def merge_plugins(
     return merged
 
 
+def overlay(base: Chain, top: Chain) -> Chain:
+    """``base`` with ``top``'s plugins added, a plugin in both taking ``top``'s steps; every
+    phase in execution order (priority, then registry rank). Used for a consumer's plugins
+    over a route's (spec §4.7 step 5): compiled once per (route, consumer), then cached."""
+    if top.empty:
+        return base
+    names = set(top.plugins)
+    phases: dict[str, tuple[Step, ...]] = {}
+    for phase in PHASES:
+        steps = [s for s in getattr(base, phase) if s.plugin not in names]
+        steps.extend(getattr(top, phase))
+        steps.sort(key=lambda s: (-s.priority, s.rank))
+        phases[phase] = tuple(steps)
+    kept = [n for n in base.plugins if n not in names]
+    confs = {n: base.confs[n] for n in kept if n in base.confs}
+    confs.update(top.confs)
+    return _make_chain(phases, (*kept, *top.plugins), confs,
+                       has_filters=base.has_filters or top.has_filters)
+
+
 def _is_disabled(conf: Mapping[str, Any]) -> bool:
     meta = conf.get("_meta")
     return isinstance(meta, Mapping) and meta.get("disable") is True
@@ -241,6 +263,7 @@ def compile_chain(
                     error_response=error_response,
                     phase=phase,
                     priority=prio,
+                    rank=rank[info.name],
                 )
             )
     chain = _make_chain(

@@ -9,9 +9,11 @@ from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 from kernel.chain import EMPTY_CHAIN
+from kernel.consumers import EMPTY_DIRECTORY, ConsumerDirectory
 from kernel.plugins import runtime as _runtime  # noqa: F401  (installs shared dicts / HTTP)
 from kernel.vars import Vars, parse_args, parse_cookies
 from plugin_sdk import Headers
+from plugin_sdk.consumer import Consumer
 
 if TYPE_CHECKING:
     from kernel.chain import Step
@@ -106,7 +108,11 @@ class RequestContext:
     route: Mapping[str, Any] | None = None
     route_id: str | None = None
     service: Mapping[str, Any] | None = None
-    consumer: Mapping[str, Any] | None = None
+    consumer: Consumer | None = None
+    """Set by an auth plugin through :meth:`attach_consumer`."""
+    consumers: ConsumerDirectory = EMPTY_DIRECTORY
+    """``ctx.consumers``: the directory of the state the request started with (set for
+    requests that run plugins)."""
     uri_params: dict[str, str] | None = None
     upstream_state: UpstreamChanges | None = None
     response_view: ResponseState | None = None
@@ -198,6 +204,14 @@ class RequestContext:
         if step is None:
             return None
         return self.plugin_metadata_map.get(step.plugin)
+
+    def attach_consumer(self, consumer: Consumer) -> None:
+        """Identify the caller (auth plugins, ``rewrite``): ``$consumer_name`` follows, and
+        once the ``rewrite`` phase ends the consumer's plugins are merged into the chain."""
+        if not isinstance(consumer, Consumer):
+            raise TypeError(
+                f"attach_consumer() takes a plugin_sdk.Consumer, not {type(consumer).__name__}")
+        self.consumer = consumer
 
     # --- the plugin_sdk.Context surface -------------------------------------------------
     @property

@@ -107,20 +107,22 @@ class Proxy(UpstreamForwarder):
         if chain.rewrite or chain.access:
             ctx.chain = chain
             ctx.plugin_metadata_map = state.plugin_metadata  # for ctx.plugin_metadata
-            for step in chain.rewrite + chain.access:
-                ctx.step = step
-                try:
-                    result = step.func(ctx, step.conf)
-                except Exception:  # isolated: this request gets a 500, as on the task path
-                    result = step_failed(step)
-                if result is not None:
-                    ending = step_ending(step, result)
-                    if ending is not None:
-                        self.loop.create_task(self._answer(proto, req, ctx, ending, chain))
-                        return True
+            ctx.consumers = state.consumers
+            ending = _run_sync(chain.rewrite, ctx)
+            if ending is None and ctx.consumer is not None:
+                # An auth plugin identified a consumer: merging its plugins (possibly async
+                # ones) continues on the task path.
+                self.loop.create_task(self.handle(proto, req, ctx, route, state, chain))
+                return True
+            if ending is None:
+                ending = _run_sync(chain.access, ctx)
+            if ending is not None:
+                self.loop.create_task(self._answer(proto, req, ctx, ending, chain))
+                return True
         elif not chain.empty:
             ctx.chain = chain
             ctx.plugin_metadata_map = state.plugin_metadata
+            ctx.consumers = state.consumers
         upstream = route.upstream
         assert upstream is not None and upstream.picker is not None
         node = upstream.picker.pick(ctx, None)
@@ -189,15 +191,19 @@ class Proxy(UpstreamForwarder):
 
     async def handle(
         self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext,
-        route: CompiledRoute | None, state: GatewayState,
+        route: CompiledRoute | None, state: GatewayState, rewritten: Chain | None = None,
     ) -> None:
-        """Serve one request on the task path, then let the connection read the next one."""
+        """Serve one request on the task path, then let the connection read the next one.
+        ``rewritten``: the callback path already ran this chain's ``rewrite`` phase."""
         ctx.plugin_metadata_map = state.plugin_metadata
+        ctx.consumers = state.consumers
         try:
             if route is None:
                 await self._unmatched(proto, ctx, state)
+            elif rewritten is not None:
+                await self._after_rewrite(proto, req, ctx, route, state, rewritten)
             else:
-                await self._serve_route(proto, req, ctx, route)
+                await self._serve_route(proto, req, ctx, route, state)
         except ConnectionError:
             proto.abort()
         except Exception:
@@ -244,7 +250,8 @@ class Proxy(UpstreamForwarder):
         await self.send_generated(proto, ctx, 404, _NOT_FOUND_BODY, TEXT, chain)
 
     async def _serve_route(
-        self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext, route: CompiledRoute
+        self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext, route: CompiledRoute,
+        state: GatewayState,
     ) -> None:
         if route.fail_status:
             log.error("route %s: %s", route.id, route.fail_reason)
@@ -255,11 +262,37 @@ class Proxy(UpstreamForwarder):
             if chain.has_filters:
                 chain = chain.for_request(ctx.var)
             ctx.chain = chain
-            if chain.rewrite or chain.access:
-                resp = await self._request_phases(ctx, chain)
+            if chain.rewrite:
+                resp = await run_request_phase(chain.rewrite, ctx)
                 if resp is not None:
                     await self.send_response(proto, ctx, resp, chain)
                     return
+        await self._after_rewrite(proto, req, ctx, route, state, chain)
+
+    async def _after_rewrite(
+        self, proto: HttpProtocol, req: HttpRequest, ctx: RequestContext, route: CompiledRoute,
+        state: GatewayState, chain: Chain,
+    ) -> None:
+        """Consumer merge (spec §6.2 step 5), ``access``, then the upstream."""
+        if ctx.consumer is not None:
+            consumer_chain = state.consumers.chain_of(ctx.consumer.username)
+            if not consumer_chain.empty:
+                ran = chain.plugins
+                chain = route.with_consumer(consumer_chain, state.global_chain)
+                if chain.has_filters:
+                    chain = chain.for_request(ctx.var)
+                ctx.chain = chain
+                added = tuple(s for s in chain.rewrite if s.plugin not in ran)
+                if added:
+                    resp = await run_request_phase(added, ctx)
+                    if resp is not None:
+                        await self.send_response(proto, ctx, resp, chain)
+                        return
+        if chain.access:
+            resp = await run_request_phase(chain.access, ctx)
+            if resp is not None:
+                await self.send_response(proto, ctx, resp, chain)
+                return
         upstream = route.upstream
         if upstream is None:
             log.error("missing upstream configuration in Route or Service (route %s)", route.id)
@@ -275,3 +308,19 @@ class Proxy(UpstreamForwarder):
         if chain.access:
             return await run_request_phase(chain.access, ctx)
         return None
+
+
+def _run_sync(steps: tuple[Any, ...], ctx: RequestContext) -> Response | None:
+    """A request phase of synchronous steps on the callback path (as
+    :func:`kernel.chain.run_request_phase`, without awaiting)."""
+    for step in steps:
+        ctx.step = step
+        try:
+            result = step.func(ctx, step.conf)
+        except Exception:  # isolated: this request gets a 500, as on the task path
+            result = step_failed(step)
+        if result is not None:
+            ending = step_ending(step, result)
+            if ending is not None:
+                return ending
+    return None

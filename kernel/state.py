@@ -17,7 +17,8 @@ from types import MappingProxyType
 from typing import Any
 
 from kernel import schemas
-from kernel.chain import EMPTY_CHAIN, Chain, compile_chain, merge_plugins, plaintext_conf
+from kernel.chain import EMPTY_CHAIN, Chain, compile_chain, merge_plugins, overlay, plaintext_conf
+from kernel.consumers import EMPTY_DIRECTORY, ConsumerDirectory, build_directory
 from kernel.plugins.manager import PluginRegistry, check_conf, prepare_conf
 from kernel.router import Router, RouteSpec
 from kernel.store.base import COLLECTIONS, Problem, Snapshot, item_key, moved_items
@@ -60,6 +61,27 @@ class CompiledRoute:
     direct: bool = False
     """Eligible for the callback path (:mod:`kernel.direct`): only synchronous plugins, no
     body filter or ``_meta.filter``, a fixed-address plain-HTTP upstream, no WebSocket."""
+    own_chain: Chain = EMPTY_CHAIN
+    """The route's merged plugins without the global rules (what a consumer's overlay)."""
+    consumer_chains: dict[int, tuple[Chain, Chain]] = field(default_factory=dict)
+    """``id(consumer chain) -> (consumer chain, merged chain)``: made on first use."""
+
+    def with_consumer(self, consumer_chain: Chain, global_chain: Chain) -> Chain:
+        """The chain of this route once a consumer with ``consumer_chain`` is attached: the
+        global rules, then the route's plugins with the consumer's merged over them. Merged
+        once per (route, consumer generation), then reused."""
+        cache = self.consumer_chains
+        hit = cache.get(id(consumer_chain))
+        if hit is not None and hit[0] is consumer_chain:
+            return hit[1]
+        if len(cache) >= _CONSUMER_CHAINS_KEPT:
+            cache.clear()
+        merged = combine(global_chain, overlay(self.own_chain, consumer_chain))
+        cache[id(consumer_chain)] = (consumer_chain, merged)
+        return merged
+
+
+_CONSUMER_CHAINS_KEPT = 1024
 
 
 def is_direct(chain: Chain, upstream: UpstreamRuntime | None, websocket: bool) -> bool:
@@ -94,6 +116,8 @@ class GatewayState:
     plugin_metadata: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     """plugin name -> its ``plugin_metadata`` (without ``id``, validated against the plugin's
     ``metadata_schema``, defaults filled, read-only): what ``ctx.plugin_metadata`` gives."""
+    consumers: ConsumerDirectory = EMPTY_DIRECTORY
+    """What ``ctx.consumers`` gives: lookups for auth plugins, per-consumer plugin chains."""
 
 
 def combine(first: Chain, second: Chain) -> Chain:
@@ -293,6 +317,7 @@ class BuildCache:
     dependents: dict[tuple[str, str], set[str]] = field(default_factory=dict)
     """``("upstream" | "service" | "plugin_config", id)`` -> ids of the routes referring to it"""
     plugin_metadata: dict[str, Mapping[str, Any]] = field(default_factory=dict)
+    consumers: ConsumerDirectory | None = None
 
 
 @dataclass(slots=True)
@@ -560,6 +585,8 @@ def build_state(
     }
     cache.raws = {name: diff.raws for name, diff in diffs.items()}
     cache.plugin_metadata = plugin_metadata
+    consumers = cache.consumers = build_directory(
+        snapshot, registry, prev.consumers if prev is not None else None)
     cache.upstreams, cache.services, cache.service_upstreams = (
         upstreams, services, service_upstreams)  # fmt: skip
     cache.routes, cache.compiled, cache.route_errors = entries, compiled_routes, route_errors
@@ -579,6 +606,7 @@ def build_state(
         errors=tuple(errors),
         cache=cache,
         plugin_metadata=plugin_metadata,
+        consumers=consumers,
     )
 
 
@@ -751,6 +779,7 @@ def _compile_route(rid: str, route: dict[str, Any], b: _Build) -> CompiledRoute 
         fail_status=fail_status,
         fail_reason=fail_reason,
         direct=not fail_status and is_direct(full_chain, upstream, bool(websocket)),
+        own_chain=chain,
     )
 
 

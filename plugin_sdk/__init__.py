@@ -26,6 +26,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from .consumer import Consumer, Consumers
 from .context import Context, Request, ResponseView, UpstreamRequest, Vars
 from .errors import ExprError, PluginError, SchemaError
 from .expr import compile_expr
@@ -36,7 +37,7 @@ from .response import Response
 from .runtime import SharedDict, http_client, shared_dict
 from .template import compile_capture_template, compile_template
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"
 
 
 T = TypeVar("T")
@@ -105,6 +106,8 @@ class ConfCache(Generic[T]):
 __all__ = [
     "PHASES",
     "ConfCache",
+    "Consumer",
+    "Consumers",
     "Context",
     "ExprError",
     "Headers",

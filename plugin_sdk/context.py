@@ -10,6 +10,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any, Protocol
 
+from .consumer import Consumer, Consumers
 from .headers import Headers
 
 
@@ -91,8 +92,11 @@ class Context(Protocol):
     matched, e.g. in a global rule answering a 404)."""
     service: Mapping[str, Any] | None
     """The matched route's service (its stored configuration, read-only), or ``None``."""
-    consumer: Mapping[str, Any] | None
-    """The authenticated consumer (read-only), or ``None``."""
+    consumer: Consumer | None
+    """The consumer an auth plugin attached (:meth:`attach_consumer`), or ``None``."""
+    consumers: Consumers
+    """The consumers of this request's config generation, for auth plugins to look callers
+    up in (``ctx.consumers.find("key-auth", "key", key)``)."""
     plugin_name: str | None
     """The name of the plugin whose hook is running (``None`` outside a hook)."""
     shared: dict[str, Any]
@@ -109,3 +113,11 @@ class Context(Protocol):
     """A logger bound to the running plugin and this request (logger
     ``sixgate.plugin.<name>``): messages read ``[<name>] <message>, request_id: <id>`` and
     the records carry ``plugin`` and ``request_id`` attributes. Made on first use."""
+
+    def attach_consumer(self, consumer: Consumer) -> None:
+        """Identify the caller as ``consumer`` (an auth plugin, in ``rewrite``). Sets
+        ``ctx.consumer`` and ``$consumer_name``; when the ``rewrite`` phase ends, the plugins
+        of the consumer's group and of the consumer are merged over the route's (the
+        consumer's conf wins per name), the ``rewrite`` hooks of the plugins this adds run,
+        then ``access`` and the later phases run with the merged set."""
+        ...

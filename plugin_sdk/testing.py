@@ -57,6 +57,7 @@ from typing import Any
 
 import pytest
 
+from .consumer import Consumer
 from .headers import Headers
 from .hooks import PHASES
 
@@ -541,6 +542,43 @@ class GatewayHarness:
         self.apply(doc)
         return gid
 
+    def add_consumer(
+        self,
+        username: str,
+        plugins: Mapping[str, Any] | None = None,
+        *,
+        group_id: str | None = None,
+        labels: Mapping[str, str] | None = None,
+    ) -> str:
+        """Add (or replace) a consumer, as ``PUT /apisix/admin/consumers`` does; returns its
+        username. ``plugins`` holds its credentials (``{"key-auth": {"key": "k1"}}``) and the
+        plugins merged over a route once an auth plugin identified it."""
+        item: dict[str, Any] = {"username": username, "plugins": dict(plugins or {})}
+        if group_id is not None:
+            item["group_id"] = group_id
+        if labels:
+            item["labels"] = dict(labels)
+        self._put_item("consumers", "username", username, item)
+        return username
+
+    def add_credential(self, username: str, cred_id: str, plugins: Mapping[str, Any]) -> str:
+        """Add a credential of consumer ``username``
+        (``/apisix/admin/consumers/<username>/credentials/<cred_id>``)."""
+        ident = f"{username}/credentials/{cred_id}"
+        self._put_item("consumers", "id", ident, {"id": ident, "plugins": dict(plugins)})
+        return cred_id
+
+    def add_consumer_group(self, gid: str, plugins: Mapping[str, Any]) -> str:
+        """Add (or replace) a consumer group whose ``plugins`` its consumers inherit."""
+        self._put_item("consumer_groups", "id", gid, {"id": gid, "plugins": dict(plugins)})
+        return gid
+
+    def _put_item(self, collection: str, key: str, value: str, item: dict[str, Any]) -> None:
+        doc = {k: list(v) for k, v in self.doc.items()}
+        kept = [i for i in doc.get(collection, []) if str(i.get(key)) != value]
+        doc[collection] = [*kept, item]
+        self.apply(doc)
+
     # -- requests ---------------------------------------------------------------------------
     def request(
         self,
@@ -702,7 +740,8 @@ def make_context(
     server_port: int = 9080,
     route: Mapping[str, Any] | None = None,
     service: Mapping[str, Any] | None = None,
-    consumer: Mapping[str, Any] | None = None,
+    consumer: Consumer | None = None,
+    consumers: Iterable[Consumer] = (),
     status: int = 200,
     response_headers: Mapping[str, str] | None = None,
     plugin_metadata: Mapping[str, Mapping[str, Any]] | None = None,
@@ -715,8 +754,12 @@ def make_context(
     each plugin (:func:`run_phase` validates it and fills the defaults of its
     ``metadata_schema``). ``ctx.plugin_data``, ``ctx.log`` and ``ctx.plugin_metadata`` belong
     to the plugin :func:`run_phase` runs; one context passed to several ``run_phase`` calls
-    keeps each plugin's ``plugin_data``, as one request does.
+    keeps each plugin's ``plugin_data``, as one request does. ``consumers`` is what
+    ``ctx.consumers`` looks callers up in (a :class:`~plugin_sdk.Consumer` with a
+    ``credential_id`` is one of its owner's credentials); ``consumer`` presets
+    ``ctx.consumer``.
     """
+    from kernel.consumers import directory_of
     from kernel.context import RequestContext
     from kernel.server import HttpRequest
 
@@ -745,6 +788,7 @@ def make_context(
     ctx.route_id = str(route.get("id")) if route and route.get("id") is not None else None
     ctx.service = service
     ctx.consumer = consumer
+    ctx.consumers = directory_of(consumers)
     ctx.status = status
     if plugin_metadata is not None:  # checked against each plugin's schema by run_phase
         ctx.plugin_metadata_map = {str(k): v for k, v in plugin_metadata.items()}

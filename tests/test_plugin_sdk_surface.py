@@ -18,6 +18,8 @@ from tests.support.gateway import REPO
 
 PUBLIC = [
     "ConfCache",
+    "Consumer",
+    "Consumers",
     "Context",
     "ExprError",
     "Headers",
@@ -58,8 +60,9 @@ PHASES = ("rewrite", "access", "before_proxy", "header_filter", "body_filter", "
 def test_version_is_semver() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", plugin_sdk.__version__)
     # 0.2.0 added plugin_data, plugin_name, plugin_metadata, the bound ctx.log, shared_dict,
-    # SharedDict and http_client (additions only: a minor bump).
-    assert plugin_sdk.__version__ == "0.2.0"
+    # SharedDict and http_client (additions only: a minor bump). 0.3.0 added Consumer,
+    # Consumers, ctx.consumers and ctx.attach_consumer; ctx.consumer became a Consumer.
+    assert plugin_sdk.__version__ == "0.3.0"
 
 
 def test_public_names_are_pinned() -> None:
@@ -94,8 +97,15 @@ def test_response_and_context_shapes() -> None:
     for attr in ("var", "request", "upstream", "response", "route", "service", "consumer",
                  "shared", "log"):
         assert attr in plugin_sdk.Context.__annotations__, attr
-    for attr in ("plugin_name", "plugin_data", "plugin_metadata"):
+    for attr in ("plugin_name", "plugin_data", "plugin_metadata", "consumers"):
         assert attr in plugin_sdk.Context.__annotations__, attr
+    assert list(inspect.signature(plugin_sdk.Context.attach_consumer).parameters) == [
+        "self", "consumer"]
+    assert [f for f in plugin_sdk.Consumer.__dataclass_fields__] == [
+        "username", "plugins", "group_id", "labels", "desc", "credential_id"]
+    assert list(inspect.signature(plugin_sdk.Consumers.find).parameters) == [
+        "self", "plugin", "field", "value"]
+    assert list(inspect.signature(plugin_sdk.Consumers.get).parameters) == ["self", "username"]
     for meth in ("get", "set", "add", "incr", "delete", "ttl", "keys", "clear"):
         assert callable(getattr(plugin_sdk.SharedDict, meth)), meth
     assert list(inspect.signature(plugin_sdk.SharedDict.incr).parameters) == [
