@@ -17,6 +17,7 @@ Per request the server does, once after matching::
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 from collections.abc import Callable, Mapping
@@ -252,7 +253,16 @@ def compile_chain(
     entries.sort(key=lambda e: (-e[0], e[1]))
     phases: dict[str, list[Step]] = {p: [] for p in PHASES}
     for prio, _, info, filled, flt, error_response in entries:
+        wanted = info.phases_for(filled) if info.phases_for is not None else None
         for phase, (func, is_async) in info.phases.items():
+            if wanted is not None:
+                if phase not in wanted:
+                    continue
+                if isinstance(wanted, Mapping) and wanted[phase] is not None:
+                    # phases_for may pick the implementation per conf, e.g. a plain hook for
+                    # local state and an async variant for a conf that needs I/O.
+                    func = wanted[phase]
+                    is_async = inspect.iscoroutinefunction(func)
             phases[phase].append(
                 Step(
                     plugin=info.name,

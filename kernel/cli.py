@@ -93,7 +93,10 @@ def cmd_start(args: argparse.Namespace) -> int:
             cfg = check_admin_keys(cfg).config
         except ConfigError as err:
             return _fail(str(err))
-    addresses = config_mod.listen_addresses(cfg) if mode(cfg)[0] != "control_plane" else []
+    addresses = (
+        config_mod.listen_addresses(cfg) + config_mod.ssl_listen_addresses(cfg)  # + HTTPS
+        if mode(cfg)[0] != "control_plane" else []
+    )
     if admin_enabled(cfg):
         listen = cfg.get("deployment.admin.admin_listen") or {}
         addresses = [*addresses, (str(listen.get("ip", "0.0.0.0")), int(listen.get("port", 9180)))]
@@ -101,8 +104,24 @@ def cmd_start(args: argparse.Namespace) -> int:
         _probe_ports(addresses)
     except OSError as err:
         return _fail(f"cannot listen: {err}")
+    from kernel.control import listen_problem
+
+    problem = listen_problem(cfg)  # the control API (worker 0): port conflicts, taken address
+    if problem:
+        return _fail(problem)
+    from kernel.exporter import port_conflict
+
+    problem = port_conflict(cfg)  # the prometheus export server (kernel/exporter.py)
+    if problem:
+        return _fail(problem)
     instance = config_mod.instance_id(cfg)
     workers = config_mod.worker_processes(cfg)
+    from kernel.counters import NODE_COUNTERS, zone_sizes
+
+    try:  # node-wide shared counters: made before the workers fork, so all of them share them
+        NODE_COUNTERS.prepare(zone_sizes(cfg.get("nginx_config.http")))
+    except ValueError as err:
+        return _fail(str(err))
     pid_file.parent.mkdir(parents=True, exist_ok=True)
     pid_file.write_text(f"{os.getpid()}\n")
     listen = ", ".join(f"{h}:{p}" for h, p in addresses)
@@ -150,15 +169,23 @@ def _run_worker(cfg: Config, slot: int = 0, supervised: bool = False) -> int:
 
 
 async def _serve(cfg: Config, slot: int = 0, supervised: bool = False) -> int:
+    from kernel.control import ControlServer, start_control
     from kernel.gateway import Gateway
 
     gateway = Gateway(cfg, slot=slot, supervised=supervised)
+    control: ControlServer | None = None
     try:
         await gateway.start()
+        if slot == 0:  # one process serves the control port, like the Admin API
+            control = await start_control(gateway)
     except (OSError, StoreUnavailable) as err:
         log.error("cannot start: %s", err)
         await gateway.stop(0)
         return 1
+    from kernel.exporter import start_local_export
+
+    # prometheus export: here for a single worker; a supervisor serves it for several
+    export = None if supervised else start_local_export(cfg, gateway, asyncio.get_running_loop())
     # Everything loaded so far lives for the whole run: keep it out of the cyclic collector's
     # scans, and collect young objects less often (requests allocate many short-lived ones).
     gc.collect()
@@ -191,6 +218,10 @@ async def _serve(cfg: Config, slot: int = 0, supervised: bool = False) -> int:
     timeout = config_mod.parse_duration(cfg.get("nginx_config.worker_shutdown_timeout") or "240s")
     log.warning("stopping: waiting up to %.0fs for in-flight requests", timeout)
     await gateway.stop(timeout)
+    if control is not None:
+        await control.stop()
+    if export is not None:
+        export.stop()
     return 0
 
 
@@ -221,6 +252,10 @@ def _supervise(cfg: Config, workers: int) -> int:
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, forward)
+    from kernel.exporter import start_node_export
+
+    # prometheus export for the whole node (kernel/exporter.py), before the workers fork
+    export = start_node_export(cfg, lambda: list(children))
     for slot in range(workers):
         spawn(slot)
     failures: list[float] = []
@@ -232,6 +267,8 @@ def _supervise(cfg: Config, workers: int) -> int:
         except InterruptedError:
             continue
         slot = children.pop(pid, -1)
+        if export is not None:
+            export.worker_exited(pid)  # keep what it counted (kernel/metrics.py)
         if slot < 0 or stopping:
             continue
         now = time.monotonic()
@@ -243,6 +280,8 @@ def _supervise(cfg: Config, workers: int) -> int:
             continue
         log.error("worker %d exited (status %d); restarting", pid, status)
         spawn(slot)
+    if export is not None:
+        export.stop()
     return 0
 
 

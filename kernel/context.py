@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 from collections.abc import Mapping
@@ -11,14 +12,17 @@ from typing import TYPE_CHECKING, Any
 from kernel.chain import EMPTY_CHAIN
 from kernel.consumers import EMPTY_DIRECTORY, ConsumerDirectory
 from kernel.plugins import runtime as _runtime  # noqa: F401  (installs shared dicts / HTTP)
+from kernel.upstream.override import EMPTY_TABLE, inline_upstream
 from kernel.vars import Vars, parse_args, parse_cookies
 from plugin_sdk import Headers
 from plugin_sdk.consumer import Consumer
 
 if TYPE_CHECKING:
     from kernel.chain import Step
+    from kernel.router import Match
     from kernel.server import HttpRequest
     from kernel.upstream.nodes import Node
+    from kernel.upstream.runtime import UpstreamRuntime
 
 log = logging.getLogger("sixgate")
 
@@ -43,9 +47,11 @@ class PluginLogger(logging.LoggerAdapter[logging.Logger]):
 class UpstreamChanges:
     """What plugins changed about the request sent upstream (``ctx.upstream``)."""
 
-    __slots__ = ("add", "host", "method", "remove", "set", "uri")
+    __slots__ = ("_ctx", "add", "host", "method", "remove", "selected", "set", "uri")
 
-    def __init__(self) -> None:
+    def __init__(self, ctx: RequestContext | None = None) -> None:
+        self._ctx = ctx
+        self.selected: UpstreamRuntime | None = None  # set_upstream's choice (None: the route's)
         self.method: str | None = None
         self.uri: str | None = None
         self.host: str | None = None
@@ -82,6 +88,30 @@ class UpstreamChanges:
         """True when the client's header ``key`` (lower case) must not be forwarded as is."""
         return key in self.set or key in self.remove
 
+    def set_upstream(
+        self, upstream_id: str | int | None = None, *, conf: Mapping[str, Any] | None = None
+    ) -> None:
+        """``plugin_sdk.UpstreamRequest.set_upstream``: the kernel forwards to
+        :attr:`selected` instead of the route's upstream (see :mod:`kernel.upstream.override`)."""
+        ctx = self._ctx
+        table = ctx.upstream_table if ctx is not None else EMPTY_TABLE
+        if upstream_id is not None:
+            if conf is not None:
+                raise ValueError("set_upstream() takes upstream_id or conf, not both")
+            runtime = table.get(str(upstream_id))
+            if runtime is None:
+                raise LookupError(f"no upstream with id {upstream_id!r}")
+            self.selected = runtime
+        elif conf is not None:
+            step = ctx.step if ctx is not None else None
+            self.selected = inline_upstream(None if step is None else step.conf, conf, table)
+        else:
+            self.selected = None
+
+    def has_upstream(self, upstream_id: str | int) -> bool:
+        ctx = self._ctx
+        return ctx is not None and str(upstream_id) in ctx.upstream_table
+
 
 class ResponseState:
     """``ctx.response``: the response head (and current body chunk) on its way out."""
@@ -110,10 +140,20 @@ class RequestContext:
     service: Mapping[str, Any] | None = None
     consumer: Consumer | None = None
     """Set by an auth plugin through :meth:`attach_consumer`."""
+    client_address: tuple[str, int | None] | None = None
+    """``(ip, port)`` set by :meth:`set_client_address` (the real-ip plugin): replaces the
+    peer's address for ``$remote_addr``/``$remote_port``; ``None`` = the peer's."""
     consumers: ConsumerDirectory = EMPTY_DIRECTORY
     """``ctx.consumers``: the directory of the state the request started with (set for
     requests that run plugins)."""
+    upstream_table: Mapping[str, UpstreamRuntime] = EMPTY_TABLE
+    """The compiled upstreams by id of the state the request started with (set for requests
+    that run plugins), for ``ctx.upstream.set_upstream``: the mapping only, never the state
+    (see :attr:`plugin_metadata_map`)."""
     uri_params: dict[str, str] | None = None
+    match: Match | None = None
+    """The router's match (``$matched_uri``/``$matched_host``: the route pattern and host that
+    matched, as APISIX's ``ctx.curr_req_matched``)."""
     upstream_state: UpstreamChanges | None = None
     response_view: ResponseState | None = None
     upstream_headers: Headers | None = None
@@ -213,12 +253,37 @@ class RequestContext:
                 f"attach_consumer() takes a plugin_sdk.Consumer, not {type(consumer).__name__}")
         self.consumer = consumer
 
+    def set_client_address(self, ip: str, port: int | None = None) -> None:
+        """Replace the client address for the rest of the request (real-ip): ``$remote_addr``,
+        ``$remote_port`` (``None`` = unset, as nginx's real-IP without a port),
+        ``ctx.request.client_ip`` and the ``X-Real-IP``/``X-Forwarded-For`` sent upstream.
+        ``ValueError`` for an invalid IP or port (nothing changes then)."""
+        try:
+            addr = ipaddress.ip_address(ip)
+        except (TypeError, ValueError):
+            raise ValueError(f"invalid client address: {ip!r}") from None
+        if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
+            raise ValueError(f"invalid client address: {ip!r}")
+        if port is not None and (
+            isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536
+        ):
+            raise ValueError(f"invalid client port: {port!r}")
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            text = f"::ffff:{addr.ipv4_mapped}"  # as nginx prints it
+        else:
+            text = str(addr)
+        self.request.client_ip = text
+        self.client_address = (text, port)
+        v: Vars | None = self.__dict__.get("_var")
+        if v is not None:
+            v.forget("remote_addr", "remote_port")  # values a plugin set no longer apply
+
     # --- the plugin_sdk.Context surface -------------------------------------------------
     @property
     def upstream(self) -> UpstreamChanges:
         state = self.upstream_state
         if state is None:
-            state = self.upstream_state = UpstreamChanges()
+            state = self.upstream_state = UpstreamChanges(self)
         return state
 
     @property

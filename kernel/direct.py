@@ -81,6 +81,9 @@ class DirectExchange:
         statuses = ctx.upstream_statuses
         if statuses is not None:
             statuses.append(str(conn.status))
+        checker = self.route.upstream.checker  # type: ignore[union-attr]
+        if checker is not None:  # passive health check
+            checker.report_status(self.node, conn.status)
         chain = self.route.chain
         if chain.header_filter:
             view = proxy.response_view(ctx, conn.status, conn.headers)

@@ -16,12 +16,14 @@ from kernel.chain import Chain, run_request_phase, run_response_phase, run_respo
 from kernel.context import RequestContext
 from kernel.responses import HTML, ResponseWriter
 from kernel.server import HOP_BY_HOP
+from kernel.tls.upstream import upstream_sni
 from kernel.upstream.connection import (
     ConnectionPool,
     StaleConnection,
     UpstreamConnection,
     UpstreamError,
 )
+from kernel.upstream.resolver import ResolveError
 
 if TYPE_CHECKING:
     from kernel.server import HttpProtocol, HttpRequest
@@ -56,9 +58,21 @@ class UpstreamForwarder(ResponseWriter):
         ``failed``: a node that already failed for this request on the direct path;
         ``picked``: a node the direct path picked but had no idle connection for.
         """
-        picker = (
-            await upstream.picker_for(self.resolver) if upstream.has_domain else upstream.picker
-        )
+        if upstream.tls_error is not None:  # e.g. a bad tls.client_cert_id (spec §5.7)
+            log.error("%s (route %s)", upstream.tls_error, route.id)
+            await self.send_generated(proto, ctx, 502, None, HTML, chain)
+            return
+        try:
+            picker = (
+                await upstream.picker_for(self.resolver) if upstream.has_domain
+                else upstream.picker
+            )
+        except ResolveError as exc:
+            # spec §5.7: 500 for an inline upstream's name, 502 for an upstream_id's
+            log.error("%s (route %s)", exc, route.id)
+            await self.send_generated(proto, ctx, 500 if upstream.inline else 502, None, HTML,
+                                      chain)
+            return
         if picker is None:
             log.error("no valid upstream node (route %s)", route.id)
             await self.send_generated(proto, ctx, 503, None, HTML, chain)
@@ -84,6 +98,8 @@ class UpstreamForwarder(ResponseWriter):
                 stale_retry = True  # not a node failure: the same node gets a fresh connection
             else:
                 statuses.append(str(err.status))
+                if upstream.checker is not None:  # passive health check
+                    upstream.checker.report_failure(node, err.status)
                 if tries_left <= 0:
                     log.error("%s while proxying route %s", err, route.id)
                     await self._upstream_failed(proto, ctx, chain, err.status, str(err))
@@ -116,6 +132,8 @@ class UpstreamForwarder(ResponseWriter):
             except UpstreamError as err:
                 picker.done(node, None)
                 statuses.append(str(err.status))
+                if upstream.checker is not None:  # passive health check
+                    upstream.checker.report_failure(node, err.status)
                 body_sent = body_sent or err.sent
                 retriable = not (err.sent and (req.method not in _IDEMPOTENT or req.has_body))
                 if deadline and loop.time() > deadline:
@@ -132,6 +150,8 @@ class UpstreamForwarder(ResponseWriter):
                 return
             ctx.upstream_header_time = loop.time() - try_start
             statuses.append(str(conn.status))
+            if upstream.checker is not None:  # passive health check
+                upstream.checker.report_status(node, conn.status)
             await self._relay(proto, req, ctx, upstream, conn, chain, timeouts.read, tunnel)
             picker.done(node, loop.time() - try_start)
             ctx.upstream_response_time = loop.time() - try_start
@@ -173,7 +193,9 @@ class UpstreamForwarder(ResponseWriter):
             host = node.addr
         ctx.upstream_host_sent = host
         ctx.upstream_uri_sent = target
-        block = req.forward_block if changes is None else self._changed_headers(req, changes)
+        block = (req.forward_block
+                 if changes is None or not (changes.set or changes.add or changes.remove)
+                 else self._changed_headers(req, changes))
         conn = req.conn
         client = conn.peer_ip_bytes if req.client_ip is conn.peer_ip else req.client_ip.encode()
         xff = req.xff
@@ -236,7 +258,7 @@ class UpstreamForwarder(ResponseWriter):
             if conn is None:
                 conn = await self.pool.connect(
                     key, node.host, node.port, timeouts.connect, upstream.ssl_context,
-                    ctx.upstream_host_sent.split(":")[0] if ctx.upstream_host_sent else None,
+                    upstream_sni(ctx.upstream_host_sent),
                 )
             conn.begin(skip_body=method == "HEAD")
             conn.write(head)

@@ -25,7 +25,7 @@ from kernel.plugins.reload import PluginStatus, ReloadOutcome, refusal_reasons, 
 from kernel.plugins.runtime import RUNTIME as PLUGIN_RUNTIME
 from kernel.plugins.watcher import PluginWatcher, WatchTargets, targets_for
 from kernel.proxy import Proxy
-from kernel.server import HttpProtocol, RealIP, ServerLimits
+from kernel.server import Connections, HttpProtocol, RealIP, ServerLimits
 from kernel.state import (
     GatewayState,
     SnapshotValidator,
@@ -36,8 +36,13 @@ from kernel.state import (
 from kernel.store.base import ConfigStore, Problem, Snapshot
 from kernel.store.factory import make_stores, mode
 from kernel.store.resources import ResourceStore
+from kernel.tls import TlsSettings
+from kernel.tls.listener import serve_tls
+from kernel.tls.upstream import configure_default as configure_upstream_tls
 from kernel.upstream.connection import PoolSettings
+from kernel.upstream.health import HealthManager
 from kernel.upstream.resolver import Resolver
+from plugin_sdk.batch import drain as drain_batches
 
 log = logging.getLogger("sixgate")
 
@@ -90,11 +95,14 @@ class Gateway:
 
     def __init__(self, cfg: Config, *, slot: int = 0, supervised: bool = False) -> None:
         self.cfg = cfg
+        _publish_ssl_ports(cfg)
         self.slot = slot
         self.supervised = supervised
         self._registries: dict[tuple[str, ...] | None, PluginRegistry] = {}
         self._load_errors: dict[tuple[str, ...] | None, list[str]] = {}
-        self._validator = SnapshotValidator()
+        self.tls = TlsSettings.from_config(cfg)  # apisix.ssl.* + keyring (kernel/tls)
+        configure_upstream_tls(self.tls)
+        self._validator = SnapshotValidator(ssl_keyring=self.tls.keyring)
         # -- plugin hot reload (kernel/plugins/reload.py, watcher.py) --
         self.plugin_status = PluginStatus(status_path(self.logs_dir(cfg), slot), slot)
         self.plugin_watcher: PluginWatcher | None = None
@@ -103,6 +111,9 @@ class Gateway:
         self.registry = self._load_registry(None)
         self._record_plugins("startup", True, self._load_errors.get(None, []), started)
         self.holder = StateHolder(empty_state(self.registry))
+        # upstream health checkers of the live state (kernel/upstream/health.py)
+        self.health = HealthManager(not cfg.get("apisix.disable_upstream_healthcheck", False))
+        PLUGIN_RUNTIME.set_metadata_source(self._live_metadata)
         self.last_error: str | None = None
         stores = make_stores(cfg, self.validate)
         self.store: ConfigStore = stores.config
@@ -121,7 +132,8 @@ class Gateway:
         )
         self.limits = server_limits(cfg)
         self.real_ip = RealIP(self.limits)
-        self.connections: set[HttpProtocol] = set()
+        self.connections = Connections()  # live connections + totals (kernel/metrics.py)
+        self.metrics_publisher: Any = None
         self.servers: list[asyncio.base_events.Server] = []
         self._snapshot: Snapshot | None = None
 
@@ -182,6 +194,7 @@ class Gateway:
                 pool=pool_settings(self.cfg),
                 generation=self.holder.state.generation + 1,
                 previous=self.holder.state.cache,
+                tls=self.tls,
             )
         except Exception as err:
             self.last_error = f"config {snapshot.version}: {err}"
@@ -191,6 +204,7 @@ class Gateway:
         self._snapshot = snapshot
         self.registry = registry
         self.holder.swap(state)
+        self.health.sync(state)
         log.info(
             "config %s applied: generation %d, %d routes, %d upstreams (%.1f ms)",
             snapshot.version, state.generation, len(state.routes), len(state.upstreams),
@@ -217,6 +231,7 @@ class Gateway:
         old_cfg, old_registries = self.cfg, self._registries
         if cfg is not None:
             self.cfg = cfg
+            _publish_ssl_ports(cfg)
         self._registries = {}
         override = self._snapshot.plugins if self._snapshot else None
         registry = self._load_registry(override, rescan=True, init=False)
@@ -226,6 +241,7 @@ class Gateway:
         )
         if reasons:
             self.cfg, self._registries = old_cfg, old_registries
+            _publish_ssl_ports(old_cfg)
             registry.destroy_all(call_destroy=False)
             log.error("plugin reload (%s) refused, the previous plugins keep serving: %s",
                       trigger, "; ".join(reasons))
@@ -295,6 +311,9 @@ class Gateway:
     def _on_snapshot(self, snapshot: Snapshot) -> None:
         self.apply(snapshot)
 
+    def _live_metadata(self, name: str) -> Any:
+        return self.holder.state.plugin_metadata.get(name)
+
     @property
     def state(self) -> GatewayState:
         return self.holder.state
@@ -304,20 +323,27 @@ class Gateway:
         """Load the config, listen on every ``node_listen`` address (not on a control plane),
         and serve the Admin API (worker 0 of a traditional or control-plane node)."""
         await self.store.start(self._on_snapshot)
+        self.health.sync(self.holder.state)  # a state built before the loop ran starts now
         await self._start_plugin_watch()
         if self.resources is not None and self.slot == 0:
             await self._start_admin()
             await self.publish_plugins()
+        from kernel.metrics import start_publisher
+
+        self.metrics_publisher = start_publisher(self)  # supervised node with a metrics export
         if mode(self.cfg)[0] == "control_plane":
             return
+        tls_sockets: list[socket.socket] = []  # apisix.ssl.listen (kernel/tls/listener.py)
         if sockets is None:
             sockets = [bind_socket(h, p) for h, p in config_mod.listen_addresses(self.cfg)]
+            tls_sockets = [bind_socket(h, p) for h, p in config_mod.ssl_listen_addresses(self.cfg)]
         loop = asyncio.get_running_loop()
         for sock in sockets:
             server = await loop.create_server(self._protocol, sock=sock)
             self.servers.append(server)
             addr = sock.getsockname()
             log.info("listening on %s:%s", addr[0], addr[1])
+        self.servers.extend(await serve_tls(self, tls_sockets))
 
     async def _start_admin(self) -> None:
         from aiohttp import web
@@ -342,10 +368,11 @@ class Gateway:
         self.admin_runner = runner
         log.info("Admin API listening on %s:%s", host, port)
 
-    async def reload_from_disk(self) -> None:
+    async def reload_from_disk(self, trigger: str = "admin") -> None:
         """Re-read config.yaml's plugin list and ``plugin_attr`` and apply them (every worker).
 
         In a supervised multi-worker node the supervisor forwards the request to all workers.
+        ``trigger``: ``admin`` (Admin API) or ``control`` (control API), for the status.
         """
         if self.supervised:
             os.kill(os.getppid(), signal.SIGHUP)
@@ -355,7 +382,7 @@ class Gateway:
         except config_mod.ConfigError as err:
             log.error("plugin reload refused: %s", err)
             return
-        self.reload_plugins(cfg, trigger="admin")
+        self.reload_plugins(cfg, trigger=trigger)
         if self.plugins_ok():
             await self.after_plugin_reload()
 
@@ -391,20 +418,32 @@ class Gateway:
             await asyncio.sleep(0.05)
         for conn in list(self.connections):
             conn.close()
+        if self.metrics_publisher is not None:
+            self.metrics_publisher.stop()  # the last counts, before the worker exits
         if self.plugin_watcher is not None:
             await self.plugin_watcher.stop()
         if self.admin_runner is not None:
             await self.admin_runner.cleanup()
         await self.store.stop()
+        await self.health.stop()
         self.proxy.pool.close()
         if self.access_log is not None:
             self.access_log.close()
         self.registry.destroy_all()
+        # Logger batches that destroy() flushed (plugin_sdk.batch) go out while the shared
+        # HTTP client is still open.
+        await drain_batches(min(timeout, 5.0))
         # -- plugin runtime (issue 4): the worker's shared outbound HTTP session --
         await PLUGIN_RUNTIME.close_http_client()
 
     def listen_ports(self) -> list[Any]:
         return [s.getsockname() for srv in self.servers for s in (srv.sockets or ())]
+
+
+def _publish_ssl_ports(cfg: Config) -> None:
+    """What ``plugin_sdk.ssl_listen_ports()`` answers (e.g. redirect's ``http_to_https``)."""
+    ports = [port for _, port in config_mod.ssl_listen_addresses(cfg, ipv6=False)]
+    PLUGIN_RUNTIME.set_ssl_ports(list(dict.fromkeys(ports)))
 
 
 def problems_text(problems: list[Problem]) -> str:

@@ -82,6 +82,19 @@ class ServerLimits:
     real_ip_recursive: bool = False
 
 
+class Connections(set["HttpProtocol"]):
+    """A worker's live client connections, with nginx ``stub_status``-style totals: connections
+    ``accepted`` and client ``requests`` since the worker started (read by
+    :mod:`kernel.metrics`; one integer addition per connection and per request)."""
+
+    accepted = 0
+    requests = 0
+
+    def add(self, conn: HttpProtocol) -> None:
+        self.accepted += 1
+        set.add(self, conn)
+
+
 class RealIP:
     """nginx real-IP: trusted peers may name the client address in a header (compiled once)."""
 
@@ -335,7 +348,7 @@ class HttpProtocol(asyncio.Protocol):
         handler: Handler,
         limits: ServerLimits,
         real_ip: RealIP,
-        tracker: set[HttpProtocol],
+        tracker: Connections,
         scheme: str = "http",
     ) -> None:
         self._handler = handler
@@ -676,6 +689,7 @@ class HttpProtocol(asyncio.Protocol):
         """Run the handler for ``req``; it calls :meth:`finish_request` when done."""
         self._active = req
         self._state = _BUSY
+        self.tracker.requests += 1
         self._handler(self, req)
 
     def finish_request(self, req: HttpRequest) -> None:

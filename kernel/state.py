@@ -22,7 +22,10 @@ from kernel.consumers import EMPTY_DIRECTORY, ConsumerDirectory, build_directory
 from kernel.plugins.manager import PluginRegistry, check_conf, prepare_conf
 from kernel.router import Router, RouteSpec
 from kernel.store.base import COLLECTIONS, Problem, Snapshot, item_key, moved_items
+from kernel.tls import EMPTY_SSL_TABLE, SslTable, TlsSettings, UpstreamTls
+from kernel.tls.build import DEFAULT_SETTINGS, build_ssls, client_cert_users, plaintext_ssl
 from kernel.upstream.connection import PoolSettings
+from kernel.upstream.override import UpstreamTable
 from kernel.upstream.runtime import Timeouts, UpstreamRuntime
 from plugin_sdk import ExprError, compile_expr
 
@@ -106,6 +109,8 @@ class GatewayState:
     router: Router
     routes: Mapping[str, CompiledRoute]
     upstreams: Mapping[str, UpstreamRuntime]
+    """Upstreams by id (an :class:`UpstreamTable` once built): what ``upstream_id`` refers to,
+    and what requests resolve ``ctx.upstream.set_upstream(upstream_id=...)`` in."""
     global_chain: Chain
     registry: PluginRegistry
     snapshot: Snapshot
@@ -118,6 +123,9 @@ class GatewayState:
     ``metadata_schema``, defaults filled, read-only): what ``ctx.plugin_metadata`` gives."""
     consumers: ConsumerDirectory = EMPTY_DIRECTORY
     """What ``ctx.consumers`` gives: lookups for auth plugins, per-consumer plugin chains."""
+    ssls: SslTable = EMPTY_SSL_TABLE
+    """The compiled ssl objects and their SNI index (:mod:`kernel.tls`): what the HTTPS
+    listener's SNI callback reads at each handshake."""
 
 
 def combine(first: Chain, second: Chain) -> Chain:
@@ -183,13 +191,16 @@ def item_problems(
                 out.append(("", f"invalid plugin_metadata of plugin [{info.name}]: {err_msg}"))
         return out
     plugins = item.get("plugins")
+    # a consumer's (or credential's) confs are checked as the Admin API checks them: against
+    # the plugin's consumer_schema when it has one (key-auth's required "key", ...)
+    schema_type = "consumer" if collection == "consumers" else "route"
     if isinstance(plugins, Mapping):
         for name, conf in plugins.items():
             info = registry.get(name)
             if info is None:
                 out.append((f".plugins.{name}", f"unknown plugin [{name}]"))
                 continue
-            err_msg = check_conf(info, plaintext_conf(info, conf, registry))
+            err_msg = check_conf(info, plaintext_conf(info, conf, registry), schema_type)
             if err_msg is not None:
                 out.append((
                     f".plugins.{name}",
@@ -206,7 +217,9 @@ class SnapshotValidator:
     registry is the same object.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, ssl_keyring: Any = None) -> None:
+        self._ssl_keyring = ssl_keyring
+        """ssl private keys stored encrypted are decrypted with it before they are checked"""
         self._registry: PluginRegistry | None = None
         self._version: str | None = None
         self._items: dict[str, tuple[Any, ...] | None] = {}
@@ -233,6 +246,8 @@ class SnapshotValidator:
                     found.pop(key, None)
                     bad.discard(key)
                 for key, item in diff.changed.items():
+                    if collection == "ssls":
+                        item = plaintext_ssl(item, self._ssl_keyring)
                     found[key] = item_problems(collection, item, registry)
                     if found[key]:
                         bad.add(key)
@@ -318,6 +333,8 @@ class BuildCache:
     """``("upstream" | "service" | "plugin_config", id)`` -> ids of the routes referring to it"""
     plugin_metadata: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     consumers: ConsumerDirectory | None = None
+    tls: TlsSettings | None = None
+    ssls: SslTable | None = None
 
 
 @dataclass(slots=True)
@@ -472,6 +489,7 @@ def build_state(
     pool: PoolSettings | None = None,
     generation: int = 1,
     previous: BuildCache | None = None,
+    tls: TlsSettings | None = None,
 ) -> GatewayState:
     """Compile ``snapshot`` into a new state. Pure: touches nothing live (``previous`` is
     read, never changed).
@@ -480,23 +498,32 @@ def build_state(
     write of one route compiles that route and updates the router around it.
     """
     pool = pool or PoolSettings()
+    tls = tls or DEFAULT_SETTINGS
     prev = previous
     if prev is None or prev.consumed or prev.registry is not registry or prev.pool != pool or (
-        prev.router_kind != router_kind
+        prev.router_kind != router_kind or prev.tls is not tls
     ):
         prev = None
     else:
         prev.consumed = True  # its private tables become this build's
-    cache = BuildCache(registry=registry, pool=pool, router_kind=router_kind)
+    cache = BuildCache(registry=registry, pool=pool, router_kind=router_kind, tls=tls)
     memo: dict[Any, Any] = {}
 
+    sls = _diff_since("ssls", snapshot, prev)  # TLS (kernel/tls): changed ssl objects only
+    ssls = build_ssls(sls.changed, sls.removed, prev.ssls if prev is not None else None, tls)
+    up_tls = UpstreamTls(tls, ssls.by_id)
+    cert_ids = set(sls.changed) | sls.removed if prev is not None else set()
     ups = _diff_since("upstreams", snapshot, prev)
-    upstreams = dict(prev.upstreams) if prev is not None else {}
+    ups.changed.update(client_cert_users(cert_ids, ups.raws, inline=False))
+    # with this build's pool settings: what upstreams plugins choose per request compile with
+    upstreams = UpstreamTable(prev.upstreams if prev is not None else (), pool)
     for key in ups.removed:
         upstreams.pop(key, None)
     for key, raw in ups.changed.items():
-        upstreams[key] = UpstreamRuntime(schemas.with_defaults("upstream", raw), pool, key)
+        upstreams[key] = UpstreamRuntime(schemas.with_defaults("upstream", raw), pool, key,
+                                         tls=up_tls)
     svc = _diff_since("services", snapshot, prev)
+    svc.changed.update(client_cert_users(cert_ids, svc.raws, inline=True))
     services = prev.services if prev is not None else {}
     service_upstreams = prev.service_upstreams if prev is not None else {}
     for key in (*svc.removed, *svc.changed):
@@ -536,6 +563,7 @@ def build_state(
         for kind, diff in (("upstream", ups), ("service", svc), ("plugin_config", pcs)):
             for key in (*diff.changed, *diff.removed):
                 dirty.update(prev.dependents.get((kind, key), ()))
+        dirty.update(client_cert_users(cert_ids, rts.raws, inline=True))
         dirty.intersection_update(rts.raws)
     entries = prev.routes if prev is not None else {}  # taken over, like the rest below
     route_errors = prev.route_errors if prev is not None else {}
@@ -543,7 +571,7 @@ def build_state(
     deps_index = _DependencyIndex(prev)
 
     build = _Build(services, pcs.raws, upstreams, service_upstreams, registry, global_chain,
-                   pool, memo, [])  # fmt: skip
+                   pool, memo, [], up_tls)  # fmt: skip
     router_changes: dict[str, RouteSpec | None] = {}
     for rid in rts.removed:
         hit = entries.pop(rid, None)
@@ -577,7 +605,7 @@ def build_state(
     cache.router = router
     cache.version = snapshot.version
     diffs = {"upstreams": ups, "services": svc, "plugin_configs": pcs, "plugin_metadata": pmd,
-             "routes": rts}  # fmt: skip
+             "routes": rts, "ssls": sls}  # fmt: skip
     cache.items = {
         name: diff.items
         for name, diff in diffs.items()
@@ -585,6 +613,7 @@ def build_state(
     }
     cache.raws = {name: diff.raws for name, diff in diffs.items()}
     cache.plugin_metadata = plugin_metadata
+    cache.ssls = ssls
     consumers = cache.consumers = build_directory(
         snapshot, registry, prev.consumers if prev is not None else None)
     cache.upstreams, cache.services, cache.service_upstreams = (
@@ -607,6 +636,7 @@ def build_state(
         cache=cache,
         plugin_metadata=plugin_metadata,
         consumers=consumers,
+        ssls=ssls,
     )
 
 
@@ -681,6 +711,7 @@ class _Build:
     pool: PoolSettings
     memo: dict[Any, Any]
     errors: list[str]
+    tls: UpstreamTls | None = None
 
 
 def _compile_entry(
@@ -755,14 +786,15 @@ def _compile_route(rid: str, route: dict[str, Any], b: _Build) -> CompiledRoute 
             fail_status = fail_status or 502
             fail_reason = fail_reason or f"upstream {by_id} not found"
     elif route.get("upstream") is not None:
-        upstream = UpstreamRuntime(schemas.with_defaults("upstream", route["upstream"]), pool)
+        upstream = UpstreamRuntime(schemas.with_defaults("upstream", route["upstream"]), pool,
+                                   tls=b.tls)
     elif service is not None:
         sid = str(service.get("id"))
         if service.get("upstream") is not None:
             upstream = service_upstreams.get(sid)
             if upstream is None:
                 upstream = service_upstreams[sid] = UpstreamRuntime(
-                    schemas.with_defaults("upstream", service["upstream"]), pool
+                    schemas.with_defaults("upstream", service["upstream"]), pool, tls=b.tls
                 )
     websocket = route.get("enable_websocket")
     if websocket is None and service is not None:

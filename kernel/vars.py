@@ -83,6 +83,11 @@ def _upstream_uri(c: RequestContext) -> Any:
     return u.uri if u is not None else None
 
 
+def _remote_port(c: RequestContext) -> Any:
+    address = c.client_address  # set by ctx.set_client_address (real-ip)
+    return c.request.client_port if address is None else address[1]
+
+
 _GETTERS: dict[str, Getter] = {
     "uri": lambda c: c.var_uri(),
     "host": lambda c: c.host,
@@ -94,18 +99,21 @@ _GETTERS: dict[str, Getter] = {
     "is_args": lambda c: "?" if c.request.query_string else "",
     "request_method": lambda c: c.request.method,
     "remote_addr": lambda c: c.request.client_ip,
-    "remote_port": lambda c: c.request.client_port,
+    "remote_port": _remote_port,
     "realip_remote_addr": lambda c: c.request.peer_ip,
     "server_addr": lambda c: c.request.server_addr,
     "server_port": lambda c: c.request.server_port,
     "scheme": lambda c: c.request.scheme,
+    # TLS (kernel/tls/listener.py): the SNI (or fallback_sni) and the mTLS verdict
+    "ssl_server_name": lambda c: getattr(c.request.conn, "ssl_server_name", None),
+    "ssl_client_verify": lambda c: getattr(c.request.conn, "ssl_client_verify", None),
     "server_protocol": lambda c: "HTTP/" + c.request.version,
     "request": lambda c: f"{c.request.method} {c.request.raw_uri} HTTP/{c.request.version}",
     "request_line": lambda c: f"{c.request.method} {c.request.raw_uri} HTTP/{c.request.version}",
     "content_type": lambda c: c.request.headers.get("content-type"),
     "content_length": lambda c: c.request.headers.get("content-length"),
     "request_length": lambda c: c.request.bytes_received,
-    "status": lambda c: c.status or None,
+    "status": lambda c: _status(c),
     "bytes_sent": lambda c: c.bytes_sent,
     "body_bytes_sent": lambda c: c.body_bytes_sent,
     "request_time": lambda c: f"{(c.end_time or c.request.start_mono) - c.request.start_mono:.3f}",
@@ -129,6 +137,8 @@ _GETTERS: dict[str, Getter] = {
     "request_id": lambda c: c.ensure_request_id(),
     "apisix_request_id": lambda c: c.ensure_request_id(),
     "route_id": lambda c: c.route_id,
+    "matched_uri": lambda c: c.match.matched_uri if c.match is not None else None,
+    "matched_host": lambda c: c.match.matched_host if c.match is not None else None,
     "route_name": lambda c: c.route.get("name") if c.route else None,
     "service_id": lambda c: c.service.get("id") if c.service else None,
     "service_name": lambda c: c.service.get("name") if c.service else None,
@@ -139,6 +149,14 @@ _GETTERS: dict[str, Getter] = {
     "apisix_version": lambda c: APISIX_VERSION,
     "date_gmt": lambda c: formatdate(usegmt=True),
 }
+
+
+def _status(c: RequestContext) -> int | None:
+    """The response status: as sent, else as header filters currently see it."""
+    if c.status:
+        return int(c.status)
+    view = c.response_view
+    return view.status if view is not None else None
 
 
 def _prefixed(c: RequestContext, name: str) -> Any:
@@ -196,3 +214,10 @@ class Vars:
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and self[name] is not None
+
+    def forget(self, *names: str) -> None:
+        """Drop values plugins set for ``names``: the computed values show again."""
+        s = self._set
+        if s is not None:
+            for name in names:
+                s.pop(name, None)

@@ -2,7 +2,8 @@
 
 A plugin is a module with ``name``, ``version``, ``priority``, ``schema`` (and optionally
 ``metadata_schema``, ``consumer_schema``, ``type = "auth"``, ``run_policy``, ``check_schema``,
-``init``/``destroy``) plus phase functions marked :data:`hookimpl`::
+``init``/``destroy``, ``encrypt_fields``, ``phases_for``) plus phase functions marked
+:data:`hookimpl`::
 
     from plugin_sdk import Response, hookimpl
 
@@ -16,8 +17,10 @@ A plugin is a module with ``name``, ``version``, ``priority``, ``schema`` (and o
         if ctx.var["arg_block"]:
             return Response(403, {"message": f"bye {conf['who']}"})
 
-Beyond one request, :func:`shared_dict` (kernel-owned dicts that survive plugin reloads) and
-:func:`http_client` (the worker's shared aiohttp session). The SDK never imports the kernel.
+Beyond one request, :func:`shared_dict` (kernel-owned dicts that survive plugin reloads),
+:func:`shared_counters` (numeric counters shared by every worker of the node) and
+:func:`http_client` (the worker's shared aiohttp session). Logger plugins build their entries
+with :mod:`plugin_sdk.log_entry` (spec §9.2/§9.3). The SDK never imports the kernel.
 """
 
 from __future__ import annotations
@@ -28,14 +31,16 @@ from typing import Any, Generic, TypeVar
 
 from .consumer import Consumer, Consumers
 from .context import Context, Request, ResponseView, UpstreamRequest, Vars
+from .counters import SharedCounters, shared_counters
 from .errors import ExprError, PluginError, SchemaError
 from .expr import compile_expr
 from .headers import Headers
 from .hooks import PHASES
 from .markers import hookimpl, hookspec
 from .response import Response
-from .runtime import SharedDict, http_client, shared_dict
+from .runtime import SharedDict, http_client, plugin_metadata, shared_dict, ssl_listen_ports
 from .template import compile_capture_template, compile_template
+from .upstream import check_upstream
 
 __version__ = "0.3.0"
 
@@ -116,15 +121,20 @@ __all__ = [
     "Response",
     "ResponseView",
     "SchemaError",
+    "SharedCounters",
     "SharedDict",
     "UpstreamRequest",
     "Vars",
     "__version__",
+    "check_upstream",
     "compile_capture_template",
     "compile_expr",
     "compile_template",
     "hookimpl",
     "hookspec",
     "http_client",
+    "plugin_metadata",
+    "shared_counters",
     "shared_dict",
+    "ssl_listen_ports",
 ]

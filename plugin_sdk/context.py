@@ -40,7 +40,11 @@ class Request(Protocol):
     headers: Headers
     """Request headers; changes here are not sent upstream (use ``ctx.upstream``)."""
     client_ip: str
-    """The client address (``$remote_addr``)."""
+    """The client address (``$remote_addr``): the peer's, or the one nginx-style real-IP
+    (``nginx_config.http.real_ip_*``) or :meth:`Context.set_client_address` put in its place.
+    Read it here; change it only through :meth:`Context.set_client_address`."""
+    start_time: float
+    """When the request arrived (seconds since the epoch, as ``time.time()``)."""
 
     async def body(self) -> bytes:
         """The whole request body; reading it buffers the body for the upstream too."""
@@ -66,6 +70,38 @@ class UpstreamRequest(Protocol):
 
     def remove_header(self, name: str) -> None:
         """Do not send ``name`` upstream."""
+        ...
+
+    def set_upstream(
+        self, upstream_id: str | int | None = None, *, conf: Mapping[str, Any] | None = None
+    ) -> None:
+        """Send this request to another upstream than the route's (as ``traffic-split`` does).
+
+        ``upstream_id``: an upstream of this request's configuration
+        (``/apisix/admin/upstreams/<id>``). Everything of that upstream applies: its nodes, its
+        load balancer (whose state, such as the round-robin position, it shares with every
+        route and request using that upstream), ``retries``, ``retry_timeout``, ``timeout``,
+        ``pass_host``/``upstream_host``, ``scheme`` and ``keepalive_pool``. Raises
+        :class:`LookupError` when there is none (:meth:`has_upstream` asks first).
+
+        ``conf``: an upstream object held in the plugin's conf (the schema of a route's inline
+        ``upstream``; check it with :func:`plugin_sdk.upstream.check_upstream` when the conf is
+        checked). The kernel compiles it once per object and hook conf and keeps its balancer
+        state from one request to the next, so pass the same object every time (a part of
+        ``conf``, or an object a :class:`~plugin_sdk.ConfCache` built from it), not a dict made
+        per request. Host names among its nodes are resolved when the request is forwarded.
+
+        Without arguments: back to the route's own upstream. Both at once: :class:`ValueError`.
+
+        Call it in ``rewrite`` or ``access``; the last call wins. The node is then picked from
+        the chosen upstream, before ``before_proxy`` runs; a call from ``before_proxy`` or a
+        later phase does not change where this request goes. A route's ``timeout`` still wins
+        over the upstream's, as it does over the route's own upstream.
+        """
+        ...
+
+    def has_upstream(self, upstream_id: str | int) -> bool:
+        """Whether this request's configuration has an upstream with id ``upstream_id``."""
         ...
 
 
@@ -120,4 +156,23 @@ class Context(Protocol):
         of the consumer's group and of the consumer are merged over the route's (the
         consumer's conf wins per name), the ``rewrite`` hooks of the plugins this adds run,
         then ``access`` and the later phases run with the merged set."""
+        ...
+
+    def set_client_address(self, ip: str, port: int | None = None) -> None:
+        """Replace the client's address for the rest of this request, as nginx's real-IP
+        module does (the ``real-ip`` plugin calls it in ``rewrite``).
+
+        ``ip`` is an IPv4 or IPv6 address without brackets (kept in its canonical form:
+        ``2001:DB8::1`` becomes ``2001:db8::1``); ``port`` 1-65535, or ``None`` when the new
+        address has none. From this call on, ``$remote_addr`` and ``ctx.request.client_ip``
+        are ``ip``, ``$remote_port`` is ``port`` (``None``: unset), values plugins had set
+        for those two variables are dropped, and the ``X-Real-IP`` and ``X-Forwarded-For``
+        headers sent upstream carry ``ip``; so do later plugins (``ip-restriction``, rate
+        limit keys) and the logs. ``$realip_remote_addr`` keeps the peer's address.
+
+        Call it in ``rewrite`` (or ``access``) to affect the upstream request; route matching
+        (``remote_addrs``, ``vars``) already happened with the previous address. Calling it
+        again replaces the address again. Raises :class:`ValueError` for an invalid ``ip`` or
+        ``port``, and then changes nothing.
+        """
         ...

@@ -11,13 +11,15 @@ it is imported, before any plugin module is loaded. The SDK never imports the ke
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import PluginError
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from .counters import SharedCountersBackend
 
 
 class SharedDictBackend(Protocol):
@@ -50,6 +52,14 @@ class Runtime(Protocol):
     def shared_dict(self, name: str) -> SharedDictBackend: ...
 
     def http_client(self) -> aiohttp.ClientSession: ...
+
+    def shared_counters(self, name: str) -> SharedCountersBackend:
+        """The node-wide counters of ``name`` (see :mod:`plugin_sdk.counters`)."""
+        ...
+
+    def ssl_listen_ports(self) -> list[int]: ...
+
+    def plugin_metadata(self, name: str) -> Mapping[str, Any] | None: ...
 
 
 _runtime: Runtime | None = None
@@ -87,8 +97,9 @@ class SharedDict:
     The data lives in the kernel: importing the module again after an edit (hot reload) gives
     a handle on the same data. Values are any Python objects (nothing is serialised); each
     worker process has its own data (not shared between workers, unlike nginx's
-    ``lua_shared_dict``). ``ttl`` is in seconds; an expired key reads as absent. The calls are
-    plain (no ``await``) and safe from any thread.
+    ``lua_shared_dict``; for numbers every worker shares, such as rate limits, use
+    :func:`plugin_sdk.shared_counters`). ``ttl`` is in seconds; an expired key reads as
+    absent. The calls are plain (no ``await``) and safe from any thread.
     """
 
     __slots__ = ("_backend", "name")
@@ -197,3 +208,21 @@ def http_client() -> aiohttp.ClientSession:
 
 
 __all__ = ["Runtime", "SharedDict", "SharedDictBackend", "http_client", "install", "shared_dict"]
+
+
+def ssl_listen_ports() -> list[int]:
+    """The gateway's HTTPS ports (``apisix.ssl.listen``, in config order, without duplicates;
+    ``[]`` when ``apisix.ssl.enable`` is false), e.g. for a redirect to HTTPS. Follows a
+    config.yaml re-read by a plugin reload."""
+    return _current().ssl_listen_ports()
+
+
+def plugin_metadata(name: str) -> Mapping[str, Any] | None:
+    """The live ``plugin_metadata`` of plugin ``name`` (validated, defaults filled,
+    read-only), or ``None``. For code outside a request, e.g. a ``check_schema`` whose rule
+    depends on the metadata (APISIX's file-logger: ``path`` from the conf or the metadata);
+    in a hook, read ``ctx.plugin_metadata``, which stays the same for the whole request."""
+    try:
+        return _current().plugin_metadata(name)
+    except PluginError:
+        return None

@@ -414,3 +414,16 @@ def test_conf_cache_entries_die_with_plugin_confs() -> None:
     del confs
     gc.collect()
     assert len(cache) == 0
+
+
+def test_phases_for_limits_a_conf_to_the_phases_it_needs() -> None:
+    mod = plugin("picky", 10, {"rewrite": None, "access": None, "log": None},
+                 schema={"type": "object", "properties": {"when": {"type": "string"}}})
+    mod.phases_for = lambda conf: (conf["when"],)  # type: ignore[attr-defined]
+    registry = PluginRegistry([mod])
+    chain, errors = compile_chain({"picky": {"when": "access"}}, registry)
+    assert not errors
+    assert [s.phase for s in chain.access] == ["access"]
+    assert chain.rewrite == () and chain.log == ()
+    chain, _ = compile_chain({"picky": {"when": "log"}}, registry)
+    assert (chain.rewrite, chain.access, [s.phase for s in chain.log]) == ((), (), ["log"])

@@ -4,6 +4,7 @@ consumer's plugins are then merged over the route's, on a real gateway."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -63,15 +64,16 @@ def access(ctx, conf):
     _note(ctx, "access", conf)
 '''
 
-pytestmark = pytest.mark.sixgate(plugins=["test-auth", "recorder", "proxy-rewrite",
-                                          "fault-injection"])
-
-
 @pytest.fixture
-def gw(sixgate: GatewayHarness) -> GatewayHarness:
-    assert sixgate.write_plugin("test_auth.py", TEST_AUTH).ok
-    assert sixgate.write_plugin("recorder.py", RECORDER).ok
-    return sixgate
+def gw(sixgate_factory: Any, tmp_path: Path) -> GatewayHarness:
+    plugins = tmp_path / "auth-plugins"
+    plugins.mkdir()
+    (plugins / "test_auth.py").write_text(TEST_AUTH)
+    (plugins / "recorder.py").write_text(RECORDER)
+    harness: GatewayHarness = sixgate_factory(
+        plugins=["test-auth", "recorder", "proxy-rewrite", "fault-injection"],
+        plugin_dirs=[plugins])
+    return harness
 
 
 def received(gw: GatewayHarness) -> dict[str, list[str]]:

@@ -115,7 +115,7 @@ def test_start_stop_reload_through_the_pid_file(tmp_path: Path, upstream: Upstre
     conf = tmp_path / "conf"
     conf.mkdir()
     (conf / "config.yaml").write_text(yaml.safe_dump({
-        "apisix": {"node_listen": [port], "enable_ipv6": False},
+        "apisix": {"node_listen": [port], "enable_ipv6": False, "enable_control": False},
         "deployment": {"role": "data_plane", "role_data_plane": {"config_provider": "yaml"}},
         "plugins": ["proxy-rewrite"],
     }))
@@ -148,7 +148,7 @@ def test_start_stop_reload_through_the_pid_file(tmp_path: Path, upstream: Upstre
         assert again.returncode == 1 and "already running" in again.stderr
         # reload (SIGHUP) re-reads the plugin list
         (conf / "config.yaml").write_text(yaml.safe_dump({
-            "apisix": {"node_listen": [port], "enable_ipv6": False},
+            "apisix": {"node_listen": [port], "enable_ipv6": False, "enable_control": False},
             "deployment": {"role": "data_plane", "role_data_plane": {"config_provider": "yaml"}},
             "plugins": ["proxy-rewrite", "fault-injection"],
         }))

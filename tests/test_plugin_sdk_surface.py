@@ -29,17 +29,22 @@ PUBLIC = [
     "Response",
     "ResponseView",
     "SchemaError",
+    "SharedCounters",
     "SharedDict",
     "UpstreamRequest",
     "Vars",
     "__version__",
+    "check_upstream",
     "compile_capture_template",
     "compile_expr",
     "compile_template",
     "hookimpl",
     "hookspec",
     "http_client",
+    "plugin_metadata",
+    "shared_counters",
     "shared_dict",
+    "ssl_listen_ports",
 ]
 
 TESTING_PUBLIC = [
@@ -61,7 +66,10 @@ def test_version_is_semver() -> None:
     assert re.fullmatch(r"\d+\.\d+\.\d+", plugin_sdk.__version__)
     # 0.2.0 added plugin_data, plugin_name, plugin_metadata, the bound ctx.log, shared_dict,
     # SharedDict and http_client (additions only: a minor bump). 0.3.0 added Consumer,
-    # Consumers, ctx.consumers and ctx.attach_consumer; ctx.consumer became a Consumer.
+    # Consumers, ctx.consumers and ctx.attach_consumer (ctx.consumer became a Consumer) and
+    # ssl_listen_ports, plugin_metadata, Request.start_time, ctx.set_client_address and the
+    # node-wide shared_counters / SharedCounters, ctx.upstream.set_upstream / has_upstream and
+    # check_upstream.
     assert plugin_sdk.__version__ == "0.3.0"
 
 
@@ -101,6 +109,8 @@ def test_response_and_context_shapes() -> None:
         assert attr in plugin_sdk.Context.__annotations__, attr
     assert list(inspect.signature(plugin_sdk.Context.attach_consumer).parameters) == [
         "self", "consumer"]
+    assert list(inspect.signature(plugin_sdk.Context.set_client_address).parameters) == [
+        "self", "ip", "port"]
     assert [f for f in plugin_sdk.Consumer.__dataclass_fields__] == [
         "username", "plugins", "group_id", "labels", "desc", "credential_id"]
     assert list(inspect.signature(plugin_sdk.Consumers.find).parameters) == [
@@ -112,11 +122,24 @@ def test_response_and_context_shapes() -> None:
         "self", "key", "delta", "init", "ttl"]
     assert list(inspect.signature(plugin_sdk.shared_dict).parameters) == ["name"]
     assert list(inspect.signature(plugin_sdk.http_client).parameters) == []
-    for attr in ("method", "path", "raw_uri", "query_string", "headers", "client_ip"):
+    assert list(inspect.signature(plugin_sdk.shared_counters).parameters) == ["name"]
+    for meth in ("add", "capacity", "clear", "delete", "get", "incr", "incr_ttl", "set", "ttl",
+                 "update"):
+        assert hasattr(plugin_sdk.SharedCounters, meth), meth
+    assert list(inspect.signature(plugin_sdk.SharedCounters.incr).parameters) == [
+        "self", "key", "delta", "init", "ttl"]
+    assert list(inspect.signature(plugin_sdk.SharedCounters.update).parameters) == [
+        "self", "key", "fn", "args", "ttl"]
+    for attr in ("method", "path", "raw_uri", "query_string", "headers", "client_ip",
+                 "start_time"):
         assert attr in plugin_sdk.Request.__annotations__, attr
     assert callable(plugin_sdk.Request.body)
     for meth in ("set_header", "add_header", "remove_header"):
         assert callable(getattr(plugin_sdk.UpstreamRequest, meth))
+    assert list(inspect.signature(plugin_sdk.UpstreamRequest.set_upstream).parameters) == [
+        "self", "upstream_id", "conf"]
+    assert list(inspect.signature(plugin_sdk.UpstreamRequest.has_upstream).parameters) == [
+        "self", "upstream_id"]
 
 
 def test_sdk_never_imports_the_kernel() -> None:

@@ -38,6 +38,7 @@ from types import ModuleType
 from typing import Any
 
 from kernel.plugins import runtime as _runtime  # noqa: F401  (installed before any plugin import)
+from kernel.upstream import override as _override  # noqa: F401  (installs check_upstream)
 from plugin_sdk.errors import PluginError
 
 from .manager import PluginRegistry

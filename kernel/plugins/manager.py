@@ -54,6 +54,7 @@ class PluginInfo:
         "module",
         "name",
         "phases",
+        "phases_for",
         "priority",
         "run_policy",
         "schema",
@@ -77,6 +78,13 @@ class PluginInfo:
     run_policy: str | None
     phases: dict[str, tuple[PhaseFunc, bool]]
     """``phase -> (function called as f(ctx, conf), is_async)`` for the phases it implements."""
+    phases_for: Callable[[Any], Any] | None
+    """The module's optional ``phases_for(conf)``: the phases one (validated) conf needs;
+    the chain gets steps for those only (e.g. serverless functions run in one phase). It may
+    return a mapping ``phase -> function`` instead: the function (``f(ctx, conf)``, plain or
+    ``async``; ``None`` = the module's hook) implements that phase for that conf, so e.g. a
+    rate limit keeps a plain ``access`` for local counters and an async one for Redis. Only
+    phases the module implements with ``@hookimpl`` count."""
     check_schema: ConfCheck | None
     """The module's ``check_schema`` normalised to ``(conf, schema_type) -> error | None``."""
     attrs: dict[str, Any]
@@ -331,6 +339,8 @@ class PluginRegistry:
         info.type = ptype
         info.run_policy = run_policy
         info.phases = phases
+        phases_for = getattr(module, "phases_for", None)
+        info.phases_for = phases_for if callable(phases_for) else None
         info.check_schema = _normalise_check(check_fn) if check_fn is not None else None
         info.attrs = {}
         info.encrypt_fields = encrypt_fields

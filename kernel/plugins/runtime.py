@@ -12,9 +12,11 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
 import plugin_sdk.runtime as sdk_runtime
+from kernel.counters import NODE_COUNTERS, CounterTable
 
 if TYPE_CHECKING:
     import aiohttp
@@ -131,6 +133,23 @@ class KernelRuntime:
         self._dicts: dict[str, SharedDictStore] = {}
         self._dicts_lock = threading.Lock()
         self._sessions: dict[asyncio.AbstractEventLoop, aiohttp.ClientSession] = {}
+        self._ssl_ports: list[int] = [9443]
+        self._metadata_of: Callable[[str], Mapping[str, Any] | None] | None = None
+
+    def set_metadata_source(self, source: Callable[[str], Mapping[str, Any] | None]) -> None:
+        """Set by the gateway: where :meth:`plugin_metadata` reads the live metadata."""
+        self._metadata_of = source
+
+    def plugin_metadata(self, name: str) -> Mapping[str, Any] | None:
+        source = self._metadata_of
+        return None if source is None else source(name)
+
+    def set_ssl_ports(self, ports: list[int]) -> None:
+        """Set by the gateway from ``apisix.ssl`` whenever it (re)reads config.yaml."""
+        self._ssl_ports = list(ports)
+
+    def ssl_listen_ports(self) -> list[int]:
+        return list(self._ssl_ports)
 
     def shared_dict(self, name: str) -> SharedDictStore:
         store = self._dicts.get(name)
@@ -143,6 +162,10 @@ class KernelRuntime:
 
     def shared_dict_names(self) -> list[str]:
         return sorted(self._dicts)
+
+    def shared_counters(self, name: str) -> CounterTable:
+        """The node-wide counters of ``name`` (kernel/counters.py: shared by all workers)."""
+        return NODE_COUNTERS.table(name)
 
     def http_client(self) -> aiohttp.ClientSession:
         """The session of the running event loop (one per worker), made on first use."""
@@ -160,6 +183,9 @@ class KernelRuntime:
             from kernel import APISIX_VERSION
 
             session = aiohttp.ClientSession(
+                # shared by every plugin: a Set-Cookie one call receives must not ride along
+                # on another plugin's calls
+                cookie_jar=aiohttp.DummyCookieJar(),
                 timeout=aiohttp.ClientTimeout(total=60),
                 headers={"User-Agent": f"sixgate/{APISIX_VERSION}"},
             )

@@ -145,6 +145,7 @@ class EtcdStore(ConfigStore, ResourceStore):
         self._lock = asyncio.Lock()
         self._need_reload = False
         self._reachable: bool | None = None
+        self._modify: tuple[int, dict[str, int]] = (-1, {})  # see modify_indexes()
 
     def _new_client(self) -> EtcdClient:
         conf = self._conf
@@ -221,6 +222,19 @@ class EtcdStore(ConfigStore, ResourceStore):
     def revision(self) -> int:
         """The last etcd revision applied to the serving snapshot."""
         return self._revision
+
+    def modify_indexes(self) -> dict[str, int]:
+        """Per collection, the highest ``mod_revision`` among the serving items, and
+        ``prev_index``: the last applied revision (Prometheus' ``etcd_modify_indexes``).
+        Recomputed only when the revision moved."""
+        revision, indexes = self._modify
+        if revision != self._revision:
+            indexes = {"prev_index": self._revision}
+            for item in self._accepted.values():
+                if item.mod_revision > indexes.get(item.collection, 0):
+                    indexes[item.collection] = item.mod_revision
+            self._modify = (self._revision, indexes)
+        return dict(indexes)
 
     async def refresh(self) -> None:
         async with self._lock:

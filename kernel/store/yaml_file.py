@@ -107,6 +107,9 @@ class YamlFileStore(ConfigStore):
         self._loop: asyncio.AbstractEventLoop | None = None
         self._dirty = asyncio.Event()
         self._lock = asyncio.Lock()  # serialises read/apply on the loop
+        # builds run on worker threads (reload, write) and on the loop (check): the
+        # validator and the line caches they share must see one build at a time
+        self._build_lock = threading.RLock()
         self._tasks: list[asyncio.Task[None]] = []
         self._watch: FileWatch | None = None
         # identity-preserving caches (see kernel.store.yaml_lines): the file as served
@@ -242,7 +245,11 @@ class YamlFileStore(ConfigStore):
 
     def _build(self, raw: bytes, raw_digest: str | None = None) -> _Built:
         """Read ``raw`` (the file's bytes; ``raw_digest``: their sha256 when the caller has it)
-        into collections, validated."""
+        into collections, validated (one build at a time, whatever the thread)."""
+        with self._build_lock:
+            return self._build_unlocked(raw, raw_digest)
+
+    def _build_unlocked(self, raw: bytes, raw_digest: str | None) -> _Built:
         if not self._is_json and not _END_FLAG.search(raw[-10:]):
             lines = raw.count(b"\n") + (0 if raw.endswith(b"\n") else 1)
             return _Built([self._problem(lines or None, "", "missing valid end flag in file")])

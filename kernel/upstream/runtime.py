@@ -10,8 +10,10 @@ import ssl
 from dataclasses import dataclass
 from typing import Any
 
-from kernel.upstream.balancer import Picker, make_picker
+from kernel.tls.upstream import DEFAULT_UPSTREAM_TLS, UpstreamTls
+from kernel.upstream.balancer import Picker
 from kernel.upstream.connection import PoolSettings
+from kernel.upstream.health import HealthChecker, health_picker
 from kernel.upstream.nodes import Node, has_domain, normalize_nodes
 from kernel.upstream.resolver import Resolver, resolve_nodes
 
@@ -37,6 +39,7 @@ class UpstreamRuntime:
     __slots__ = (
         "_keys",
         "_resolved",
+        "checker",
         "conf",
         "has_domain",
         "id",
@@ -50,6 +53,8 @@ class UpstreamRuntime:
         "scheme",
         "ssl_context",
         "timeouts",
+        "tls_error",
+        "tls_tag",
         "upstream_host",
     )
 
@@ -58,6 +63,8 @@ class UpstreamRuntime:
         conf: dict[str, Any],
         pool: PoolSettings,
         upstream_id: str | None = None,
+        *,
+        tls: UpstreamTls | None = None,
     ) -> None:
         self.conf = conf
         self.id = upstream_id
@@ -65,8 +72,13 @@ class UpstreamRuntime:
         self.scheme: str = conf.get("scheme", "http")
         self.nodes: list[Node] = normalize_nodes(conf.get("nodes") or {}, self.scheme)
         self.has_domain = has_domain(self.nodes)
-        self.picker: Picker | None = None if self.has_domain or not self.nodes else make_picker(
-            conf, self.nodes
+        # health checks (kernel/upstream/health.py): started/stopped by the gateway on swap
+        self.checker: HealthChecker | None = (
+            HealthChecker(conf, () if self.has_domain else self.nodes)
+            if conf.get("checks") else None
+        )
+        self.picker: Picker | None = None if self.has_domain or not self.nodes else (
+            health_picker(conf, self.nodes, self.checker)
         )
         self._resolved: tuple[tuple[tuple[str, int], ...], Picker] | None = None
         self._keys: dict[Node, tuple[object, ...]] = {}
@@ -87,12 +99,12 @@ class UpstreamRuntime:
             else pool
         )
         self.ssl_context: ssl.SSLContext | None = None
-        if self.scheme in ("https", "grpcs"):
-            ctx = ssl.create_default_context()
-            ctx.check_hostname = False
-            ctx.verify_mode = ssl.CERT_NONE
-            ctx.set_alpn_protocols(["http/1.1"])
-            self.ssl_context = ctx
+        self.tls_tag: str | None = None
+        self.tls_error: str | None = None
+        """With an error (``client_cert_id`` missing, not ``type: client``): 502, no connect."""
+        if self.scheme in ("https", "grpcs"):  # kernel/tls/upstream.py: built once per conf
+            self.ssl_context, self.tls_tag, self.tls_error = (
+                tls or DEFAULT_UPSTREAM_TLS).context_for(conf.get("tls"))
 
     def key_for(self, node: Node, sni: str | None = None) -> tuple[object, ...]:
         """The keep-alive pool key of ``node`` (TLS connections are also keyed by SNI)."""
@@ -101,7 +113,7 @@ class UpstreamRuntime:
             if key is None:
                 key = self._keys[node] = (self.scheme, node.host, node.port, None)
             return key
-        return (self.scheme, node.host, node.port, sni)
+        return (self.scheme, node.host, node.port, sni, self.tls_tag)
 
     async def picker_for(self, resolver: Resolver) -> Picker | None:
         """The picker over the current addresses (domains resolved through ``resolver``)."""
@@ -114,6 +126,8 @@ class UpstreamRuntime:
             return cached[1]
         if not nodes:
             return None
-        picker = make_picker(self.conf, nodes)
+        if self.checker is not None:
+            self.checker.set_nodes(nodes)
+        picker = health_picker(self.conf, nodes, self.checker)
         self._resolved = (signature, picker)
         return picker

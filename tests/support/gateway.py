@@ -70,7 +70,10 @@ class GatewayProcess:
         self.conf = workdir / "conf"
         self.conf.mkdir(parents=True, exist_ok=True)
         base: dict[str, Any] = {
-            "apisix": {"node_listen": [self.port], "enable_ipv6": False},
+            # no control API unless a test asks (its default port 9090 is one for all)
+            # no fixed ports (control 9090, HTTPS 9443) unless a test asks for them
+            "apisix": {"node_listen": [self.port], "enable_ipv6": False, "enable_control": False,
+                       "ssl": {"enable": False}},
             "deployment": {"role": "data_plane", "role_data_plane": {"config_provider": "yaml"}},
             "nginx_config": {"error_log_level": "info"},
         }

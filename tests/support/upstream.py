@@ -3,12 +3,14 @@
 Endpoints: ``/hello`` → ``hello world``; ``/server_port`` → its port; ``/echo`` → the request
 (method, path, query, headers, body) as JSON; ``/mysleep?seconds=`` → sleeps then ``ok``;
 ``/status/{code}``; ``/stream?chunks=&size=&delay=`` → a chunked body; ``/big?size=`` → a
-Content-Length body; ``/ws`` → WebSocket echo; anything else → 200 with the path.
+Content-Length body; ``/negotiate`` → a text gzipped when ``Accept-Encoding`` allows it;
+``/ws`` → WebSocket echo; anything else → 200 with the path.
 """
 
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import socket
 import threading
@@ -80,6 +82,14 @@ class Upstream:
         if path == "/big":
             size = int(request.query.get("size", "1048576"))
             return web.Response(body=b"x" * size)
+        if path == "/negotiate":
+            # gzip when the client accepts it, as most web servers do
+            accept = request.headers.get("Accept-Encoding", "").replace(" ", "").lower()
+            body = b"plain text from the upstream\n"
+            if "gzip" in accept and "gzip;q=0" not in accept:
+                return web.Response(body=gzip.compress(body),
+                                    headers={"Content-Encoding": "gzip"})
+            return web.Response(body=body)
         if path == "/headers":
             resp = web.Response(text="headers\n")
             resp.headers["X-Upstream"] = str(self.port)
