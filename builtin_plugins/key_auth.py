@@ -1,0 +1,125 @@
+"""key-auth (APISIX priority 2500, rewrite, auth): identify the caller by an API key.
+
+The key is read from the request header ``header`` (default ``apikey``), else from the query
+argument ``query`` (default ``apikey``), and looked up among the consumers' (and their
+credentials') ``key-auth.key``. Failures answer 401 with ``WWW-Authenticate: apikey
+realm="<realm>"``: ``Missing API key in request`` when there is no key, ``Invalid API key in
+request`` when no consumer has it. With ``anonymous_consumer`` a failure attaches that consumer
+instead (401 ``Invalid user authorization`` when it does not exist).
+
+On success the consumer is attached (``$consumer_name``; its plugins are merged over the
+route's once ``rewrite`` is over) and the upstream request gets ``X-Consumer-Username``,
+``X-Credential-Identifier`` (the credential id when a credential matched) and
+``X-Consumer-Custom-ID`` (the consumer's ``labels.custom_id``); each one that has no value is
+removed, so a client cannot send its own. With ``hide_credentials`` the key is not sent
+upstream: the header is removed, or the query argument is dropped from the upstream target
+(and from ``$args`` for later plugins).
+
+The consumer's ``key`` is listed in ``encrypt_fields``: stored encrypted when
+``apisix.data_encryption.enable_encrypt_fields`` is on; the gateway decrypts it before lookups.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import unquote_plus
+
+from plugin_sdk import Consumer, Response, hookimpl
+
+name = "key-auth"
+version = "0.1"
+priority = 2500
+type = "auth"
+
+schema: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "header": {"type": "string", "default": "apikey"},
+        "query": {"type": "string", "default": "apikey"},
+        "hide_credentials": {"type": "boolean", "default": False},
+        "realm": {"type": "string", "minLength": 1, "default": "key"},
+        "anonymous_consumer": {"type": "string", "minLength": 1},
+    },
+}
+
+consumer_schema: dict[str, Any] = {
+    "type": "object",
+    "properties": {"key": {"type": "string"}},
+    "required": ["key"],
+}
+
+encrypt_fields = ("key",)
+
+
+def _identify(ctx: Any, consumer: Consumer) -> None:
+    """Attach ``consumer`` and tell the upstream who called (unset headers are removed)."""
+    ctx.attach_consumer(consumer)
+    upstream = ctx.upstream
+    upstream.set_header("X-Consumer-Username", consumer.username)
+    upstream.set_header("X-Credential-Identifier", consumer.credential_id)
+    upstream.set_header("X-Consumer-Custom-ID", consumer.custom_id)
+
+
+def _drop_query_arg(ctx: Any, arg: str) -> None:
+    """Send the request upstream without the query argument ``arg`` (every occurrence), as
+    APISIX's ``set_uri_args`` does; ``$args`` and ``$arg_<arg>`` follow for later plugins."""
+    upstream = ctx.upstream
+    request = ctx.request
+    target = upstream.uri
+    if target is None:
+        raw = request.raw_uri
+        if raw.startswith("/"):
+            target = raw
+        else:  # absolute-form request-target: the path as routed
+            target = request.path + ("?" + request.query_string if request.query_string else "")
+    path, _, query = target.partition("?")
+    kept = [
+        part for part in query.split("&")
+        if part and unquote_plus(part.partition("=")[0]) != arg
+    ]
+    args = "&".join(kept)
+    upstream.uri = path + "?" + args if args else path
+    var = ctx.var
+    var["args"] = args
+    var["query_string"] = args
+    var["is_args"] = "?" if args else ""
+    var["arg_" + arg] = None
+
+
+def _unauthorized(conf: dict[str, Any], message: str) -> Response:
+    return Response(
+        401, {"message": message}, {"WWW-Authenticate": f'apikey realm="{conf["realm"]}"'}
+    )
+
+
+@hookimpl
+def rewrite(ctx: Any, conf: dict[str, Any]) -> Response | None:
+    header = conf["header"]
+    key: Any = ctx.request.headers.get(header)
+    from_header = key is not None
+    if not from_header:
+        key = ctx.var["arg_" + conf["query"]]
+    if key is None:
+        error = "Missing API key in request"
+        consumer = None
+    else:
+        consumer = ctx.consumers.find(name, "key", key)
+        error = "Invalid API key in request"
+    if consumer is None:
+        anonymous = conf.get("anonymous_consumer")
+        if anonymous is None:
+            return _unauthorized(conf, error)
+        consumer = ctx.consumers.get(anonymous)
+        if consumer is None:
+            ctx.log.error(
+                "key-auth failed to authenticate the request, code: 401. error: "
+                "anonymous consumer %s not found", anonymous,
+            )
+            return _unauthorized(conf, "Invalid user authorization")
+    elif conf["hide_credentials"]:
+        if from_header:
+            ctx.upstream.remove_header(header)
+        else:
+            _drop_query_arg(ctx, conf["query"])
+    _identify(ctx, consumer)
+    return None
