@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Config propagation benchmark: an Admin API write on one instance, seen by a second one.
 
-    python bench/propagation_bench.py                       # etcd and embedded yaml, 10 and 10,000 routes
+    python bench/propagation_bench.py    # etcd and embedded yaml, 10 and 10,000 routes
     python bench/propagation_bench.py --store etcd --routes 10 --writes 1000
 
 Instance A runs ``role: traditional`` (Admin API); instance B runs ``role: data_plane`` on the
@@ -92,7 +92,8 @@ class Instance:
     def start(self) -> None:
         self.proc = subprocess.Popen(
             [python(), "-m", "kernel.cli", "start", "-c", str(self.config_path)],
-            cwd=REPO, stdout=subprocess.DEVNULL, stderr=open(self.dir / "stderr.log", "wb"),
+            cwd=REPO, stdout=subprocess.DEVNULL,
+            stderr=open(self.dir / "stderr.log", "wb"),  # noqa: SIM115  (lives with the process)
         )
 
     def stop(self) -> None:
