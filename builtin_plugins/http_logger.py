@@ -37,8 +37,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
-
 from plugin_sdk import ConfCache, hookimpl, http_client
 from plugin_sdk.batch import (
     BatchProcessor,
@@ -142,6 +140,8 @@ def _sender(conf: Mapping[str, Any]) -> Any:
     auth = conf.get("auth_header")
     if auth:
         headers["Authorization"] = str(auth)
+    import aiohttp  # here, not at load: workers whose routes never log over HTTP skip it
+
     timeout = aiohttp.ClientTimeout(total=float(conf.get("timeout", 3)))
     ssl = bool(conf.get("ssl_verify"))
 

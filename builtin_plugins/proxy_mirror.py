@@ -34,15 +34,13 @@ in flight on the calling loop.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
 import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
-
-import aiohttp
-from yarl import URL
 
 from plugin_sdk import ConfCache, hookimpl, http_client
 
@@ -103,12 +101,17 @@ def parse_duration(value: Any) -> float:
     raise ValueError(f"invalid duration: {value!r}")
 
 
-def _client_timeout(connect: float, send: float, read: float) -> aiohttp.ClientTimeout:
+@functools.lru_cache(maxsize=8)
+def _client_timeout(connect: float, send: float, read: float) -> Any:
+    """aiohttp's timeout for these seconds; aiohttp is imported on the first mirror, not when
+    the plugin loads (it is a few MiB in every worker that never mirrors)."""
+    import aiohttp
+
     return aiohttp.ClientTimeout(total=connect + send + read, sock_connect=connect,
                                  sock_read=read)
 
 
-_timeout = _client_timeout(DEFAULT_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_TIMEOUT)
+_timeout = (DEFAULT_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_TIMEOUT)
 _max_inflight = DEFAULT_MAX_INFLIGHT
 
 
@@ -127,7 +130,7 @@ def init(attrs: dict[str, Any]) -> None:
     if isinstance(limit, bool) or not isinstance(limit, int) or limit < 0:
         raise ValueError(f"plugin_attr.proxy-mirror.max_inflight must be an integer >= 0, "
                          f"not {limit!r}")
-    _timeout = _client_timeout(connect, send, read)
+    _timeout = (connect, send, read)
     _max_inflight = limit
 
 
@@ -142,7 +145,7 @@ def destroy() -> None:
         if task.get_loop() is loop:
             task.cancel()
             _inflight.discard(task)  # even if the loop stops before the task sees it
-    _timeout = _client_timeout(DEFAULT_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_TIMEOUT)
+    _timeout = (DEFAULT_TIMEOUT, DEFAULT_TIMEOUT, DEFAULT_TIMEOUT)
     _max_inflight = DEFAULT_MAX_INFLIGHT
 
 
@@ -273,9 +276,12 @@ async def _mirror(
     del ctx, var  # nothing of the request is kept while the mirror runs
     if host:
         headers.append(("Host", host))
+    from yarl import URL  # with aiohttp, on the first mirror (see _client_timeout)
+
     try:
         async with http_client().request(
-            method, URL(url, encoded=True), headers=headers, data=body, timeout=_timeout,
+            method, URL(url, encoded=True), headers=headers, data=body,
+            timeout=_client_timeout(*_timeout),
             ssl=False, allow_redirects=False, skip_auto_headers=_NO_AUTO_HEADERS,
             auto_decompress=False,
         ) as resp:
