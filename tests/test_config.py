@@ -29,8 +29,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 DEFAULT_PLUGINS = ["real-ip", "request-id", "fault-injection", "cors", "ip-restriction",
                    "basic-auth", "jwt-auth", "key-auth", "consumer-restriction", "proxy-mirror",
-                   "proxy-rewrite", "limit-conn", "limit-count", "limit-req", "gzip", "traffic-split", "redirect", "response-rewrite",
-                   "echo", "http-logger", "file-logger"]
+                   "proxy-rewrite", "limit-conn", "limit-count", "limit-req", "gzip",
+                   "traffic-split", "redirect", "response-rewrite", "prometheus", "echo",
+                   "http-logger", "file-logger"]
 """The shipped default list (serverless functions are not in it: they run arbitrary code)."""
 
 

@@ -74,6 +74,7 @@ class GatewayProcess:
             # no fixed ports (control 9090, HTTPS 9443) unless a test asks for them
             "apisix": {"node_listen": [self.port], "enable_ipv6": False, "enable_control": False,
                        "ssl": {"enable": False}},
+            "plugin_attr": {"prometheus": {"enable_export_server": False}},
             "deployment": {"role": "data_plane", "role_data_plane": {"config_provider": "yaml"}},
             "nginx_config": {"error_log_level": "info"},
         }
