@@ -26,6 +26,7 @@ import hmac
 import re
 from typing import Any
 
+from builtin_plugins._auth import identify
 from plugin_sdk import Consumer, Response, hookimpl
 
 name = "basic-auth"
@@ -97,13 +98,6 @@ def _find(ctx: Any) -> tuple[Consumer | None, str]:
     return consumer, ""
 
 
-def _identify(ctx: Any, consumer: Consumer) -> None:
-    """Attach ``consumer`` and tell the upstream who called (unset headers are removed)."""
-    ctx.attach_consumer(consumer)
-    upstream = ctx.upstream
-    upstream.set_header("X-Consumer-Username", consumer.username)
-    upstream.set_header("X-Credential-Identifier", consumer.credential_id)
-    upstream.set_header("X-Consumer-Custom-ID", consumer.custom_id)
 
 
 def _unauthorized(conf: dict[str, Any], message: str) -> Response:
@@ -128,5 +122,5 @@ def rewrite(ctx: Any, conf: dict[str, Any]) -> Response | None:
             return _unauthorized(conf, WRONG_USER)
     if conf["hide_credentials"]:
         ctx.upstream.remove_header("Authorization")
-    _identify(ctx, consumer)
+    identify(ctx, consumer)
     return None

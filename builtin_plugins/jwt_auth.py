@@ -35,10 +35,10 @@ import re
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import unquote_plus
 
 from jwt.algorithms import get_default_algorithms
 
+from builtin_plugins._auth import drop_query_arg, identify
 from plugin_sdk import ConfCache, Consumer, Response, hookimpl
 
 name = "jwt-auth"
@@ -220,30 +220,6 @@ def _claims_ok(payload: dict[str, Any], required: Any, grace: float) -> bool:
 # -- the request ------------------------------------------------------------------------------
 
 
-def _drop_query_arg(ctx: Any, arg: str) -> None:
-    """Send the request upstream without the query argument ``arg`` (every occurrence);
-    ``$args`` and ``$arg_<arg>`` follow for later plugins."""
-    upstream = ctx.upstream
-    request = ctx.request
-    target = upstream.uri
-    if target is None:
-        raw = request.raw_uri
-        if raw.startswith("/"):
-            target = raw
-        else:  # absolute-form request-target: the path as routed
-            target = request.path + ("?" + request.query_string if request.query_string else "")
-    path, _, query = target.partition("?")
-    kept = [
-        part for part in query.split("&")
-        if part and unquote_plus(part.partition("=")[0]) != arg
-    ]
-    args = "&".join(kept)
-    upstream.uri = path + "?" + args if args else path
-    var = ctx.var
-    var["args"] = args
-    var["query_string"] = args
-    var["is_args"] = "?" if args else ""
-    var["arg_" + arg] = None
 
 
 def _drop_cookie(ctx: Any, cookie: str) -> None:
@@ -270,7 +246,7 @@ def _fetch(ctx: Any, conf: dict[str, Any]) -> str | None:
     value = ctx.var["arg_" + conf["query"]]
     if value is not None:
         if hide:
-            _drop_query_arg(ctx, conf["query"])
+            drop_query_arg(ctx, conf["query"])
         return value if isinstance(value, str) else ""  # a flag argument (``?jwt``)
     value = ctx.var["cookie_" + conf["cookie"]]
     if value is not None:
@@ -311,13 +287,6 @@ def _find(ctx: Any, conf: dict[str, Any]) -> tuple[Consumer | None, str]:
     return consumer, ""
 
 
-def _identify(ctx: Any, consumer: Consumer) -> None:
-    """Attach ``consumer`` and tell the upstream who called (unset headers are removed)."""
-    ctx.attach_consumer(consumer)
-    upstream = ctx.upstream
-    upstream.set_header("X-Consumer-Username", consumer.username)
-    upstream.set_header("X-Credential-Identifier", consumer.credential_id)
-    upstream.set_header("X-Consumer-Custom-ID", consumer.custom_id)
 
 
 def _unauthorized(conf: dict[str, Any], message: str) -> Response:
@@ -340,5 +309,5 @@ def rewrite(ctx: Any, conf: dict[str, Any]) -> Response | None:
                 "anonymous consumer %s not found", anonymous,
             )
             return _unauthorized(conf, "Invalid user authorization")
-    _identify(ctx, consumer)
+    identify(ctx, consumer)
     return None

@@ -22,9 +22,9 @@ The consumer's ``key`` is listed in ``encrypt_fields``: stored encrypted when
 from __future__ import annotations
 
 from typing import Any
-from urllib.parse import unquote_plus
 
-from plugin_sdk import Consumer, Response, hookimpl
+from builtin_plugins._auth import drop_query_arg, identify
+from plugin_sdk import Response, hookimpl
 
 name = "key-auth"
 version = "0.1"
@@ -51,39 +51,8 @@ consumer_schema: dict[str, Any] = {
 encrypt_fields = ("key",)
 
 
-def _identify(ctx: Any, consumer: Consumer) -> None:
-    """Attach ``consumer`` and tell the upstream who called (unset headers are removed)."""
-    ctx.attach_consumer(consumer)
-    upstream = ctx.upstream
-    upstream.set_header("X-Consumer-Username", consumer.username)
-    upstream.set_header("X-Credential-Identifier", consumer.credential_id)
-    upstream.set_header("X-Consumer-Custom-ID", consumer.custom_id)
 
 
-def _drop_query_arg(ctx: Any, arg: str) -> None:
-    """Send the request upstream without the query argument ``arg`` (every occurrence), as
-    APISIX's ``set_uri_args`` does; ``$args`` and ``$arg_<arg>`` follow for later plugins."""
-    upstream = ctx.upstream
-    request = ctx.request
-    target = upstream.uri
-    if target is None:
-        raw = request.raw_uri
-        if raw.startswith("/"):
-            target = raw
-        else:  # absolute-form request-target: the path as routed
-            target = request.path + ("?" + request.query_string if request.query_string else "")
-    path, _, query = target.partition("?")
-    kept = [
-        part for part in query.split("&")
-        if part and unquote_plus(part.partition("=")[0]) != arg
-    ]
-    args = "&".join(kept)
-    upstream.uri = path + "?" + args if args else path
-    var = ctx.var
-    var["args"] = args
-    var["query_string"] = args
-    var["is_args"] = "?" if args else ""
-    var["arg_" + arg] = None
 
 
 def _unauthorized(conf: dict[str, Any], message: str) -> Response:
@@ -120,6 +89,6 @@ def rewrite(ctx: Any, conf: dict[str, Any]) -> Response | None:
         if from_header:
             ctx.upstream.remove_header(header)
         else:
-            _drop_query_arg(ctx, conf["query"])
-    _identify(ctx, consumer)
+            drop_query_arg(ctx, conf["query"])
+    identify(ctx, consumer)
     return None

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import shutil
 import signal
 import socket
@@ -23,7 +22,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.support.debian import find_or_install
 
 INSTALL_HINT = (
     "the etcd binary is required for the etcd store tests and was not found on PATH or at "
@@ -32,30 +31,11 @@ INSTALL_HINT = (
 )
 
 
-def _installed() -> str | None:
-    found = shutil.which("etcd")
-    if found:
-        return found
-    for candidate in ("/usr/bin/etcd", "/usr/local/bin/etcd"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def find_etcd() -> str:
     """The etcd binary; as root on Debian, installs ``etcd-server`` when it is missing."""
-    found = _installed()
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "etcd-server"], env=env,
-                       capture_output=True, timeout=600)
-        found = _installed()
-        if found:
-            return found
-    pytest.fail(INSTALL_HINT, pytrace=False)
+    return find_or_install("etcd", "etcd-server", INSTALL_HINT)
 
 
 def _free_port() -> int:

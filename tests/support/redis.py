@@ -11,7 +11,6 @@ otherwise fails the test with the install command: a skipped test is not a passi
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 import subprocess
@@ -20,35 +19,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-import pytest
+from tests.support.debian import find_or_install
 
 INSTALL_HINT = "redis-server is not installed (Debian: apt-get install -y redis-server)"
 
 
-def _installed() -> str | None:
-    found = shutil.which("redis-server")
-    if found:
-        return found
-    for candidate in ("/usr/bin/redis-server", "/usr/local/bin/redis-server"):
-        if os.access(candidate, os.X_OK):
-            return candidate
-    return None
 
 
 def find_redis() -> str:
     """The redis-server binary; as root on Debian, installs ``redis-server`` when missing."""
-    found = _installed()
-    if found:
-        return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-        subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "redis-server"], env=env,
-                       capture_output=True, timeout=600)
-        found = _installed()
-        if found:
-            return found
-    pytest.fail(INSTALL_HINT, pytrace=False)
+    return find_or_install("redis-server", "redis-server", INSTALL_HINT)
 
 
 def _free_port() -> int:
