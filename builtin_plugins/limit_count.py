@@ -1,4 +1,4 @@
-"""limit-count (APISIX priority 1002, access + header_filter): at most ``count`` requests per
+"""limit-count (APISIX priority 1002, access): at most ``count`` requests per
 ``time_window`` seconds for each key.
 
 Runs in ``access``: counts the request in its key's window and rejects it (``rejected_code``,
@@ -24,11 +24,13 @@ Runs in ``access``: counts the request in its key's window and rejects it (``rej
   gets 500 ``{"error_msg":"failed to limit count"}`` unless ``allow_degradation`` lets it
   through. Only Redis confs make the route's ``access`` asynchronous.
 
-In ``header_filter`` (when ``show_limit_quota_header``, the default) the response gets
-``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (seconds left in
-the window); names from plugin_metadata ``limit_header`` / ``remaining_header`` /
-``reset_header``; with ``rules`` ``X-<n>-RateLimit-...`` (``n`` the rule's position or its
-``header_prefix``).
+When ``show_limit_quota_header`` (the default) the response -- proxied, or the rejection --
+gets ``X-RateLimit-Limit``, ``X-RateLimit-Remaining`` and ``X-RateLimit-Reset`` (seconds left
+in the window), replacing any the upstream sent; names from plugin_metadata ``limit_header`` /
+``remaining_header`` / ``reset_header``; with ``rules`` ``X-<n>-RateLimit-...`` (``n`` the
+rule's position or its ``header_prefix``). ``access`` sets them with
+``ctx.set_response_header`` (as APISIX sets them in its access phase): the plugin has no
+``header_filter``, so a route keeps forwarding the upstream's head as it is.
 """
 
 from __future__ import annotations
@@ -173,6 +175,9 @@ class _Compiled:
     sliding: bool
     headers: bool
     redis: bool
+    owner: tuple[Any, Any, Any, str] | None = None
+    """The last (route, service, consumer) the counter prefix was worked out for, and it:
+    a request of the same route (the same objects) reuses it."""
 
 
 def _compile(conf: dict[str, Any]) -> _Compiled:
@@ -208,7 +213,13 @@ _compiled = ConfCache(_compile)
 def _prefix(ctx: Any, c: _Compiled) -> str:
     if c.group is not None:
         return f"group:{c.group}:"
-    return f"{_limits.owner(ctx, name)}:{c.digest}:"
+    route, service, consumer = ctx.route, ctx.service, ctx.consumer
+    last = c.owner
+    if last is not None and last[0] is route and last[1] is service and last[2] is consumer:
+        return last[3]
+    prefix = f"{_limits.owner(ctx, name)}:{c.digest}:"
+    c.owner = (route, service, consumer, prefix)
+    return prefix
 
 
 def _limits_of(ctx: Any, rule: _Rule) -> tuple[float, float] | None:
@@ -272,8 +283,12 @@ def access(ctx: Any, conf: dict[str, Any]) -> Response | None:
         if reset is None:
             reset = single.window
         if c.headers:
-            limit = single.count
-            ctx.plugin_data["quota"] = ((None, limit, max(0, remaining), _reset_text(reset)),)
+            meta = ctx.plugin_metadata
+            lname, rname, sname = _NAMES if meta is None else _names_of(meta)
+            put = ctx.set_response_header
+            put(lname, str(single.count))
+            put(rname, str(max(0, remaining)))
+            put(sname, str(_reset_text(reset)))
         if remaining < 0:
             code, body = _limits.rejection(conf)
             return Response(code, body)
@@ -296,8 +311,9 @@ def access(ctx: Any, conf: dict[str, Any]) -> Response | None:
         if remaining < 0:
             rejected = True
             break
-    if c.headers and quota:
-        ctx.plugin_data["quota"] = tuple(quota)
+    if c.headers:
+        for q in quota:
+            _set_quota_headers(ctx, *q)
     if rejected:
         code, body = _limits.rejection(conf)
         return Response(code, body)
@@ -386,8 +402,9 @@ async def access_redis(ctx: Any, conf: dict[str, Any]) -> Response | None:
         if remaining < 0:
             rejected = True
             break
-    if c.headers and quota:
-        ctx.plugin_data["quota"] = tuple(quota)
+    if c.headers:
+        for q in quota:
+            _set_quota_headers(ctx, *q)
     if rejected:
         code, body = _limits.rejection(conf)
         return Response(code, body)
@@ -405,35 +422,29 @@ def _prefixed(header: str, prefix: str) -> str:
     return f"{prefix}-{header}"
 
 
-@hookimpl
-def header_filter(ctx: Any, conf: dict[str, Any]) -> None:
-    quota = ctx.plugin_data.get("quota")
-    if not quota:
-        return
+def _names_of(meta: Any) -> tuple[str, str, str]:
+    return meta["limit_header"], meta["remaining_header"], meta["reset_header"]
+
+
+def _set_quota_headers(ctx: Any, prefix: str | None, limit: Any, remaining: Any,
+                       reset: int) -> None:
+    """The quota headers of one rule, set on the response from ``access``."""
     meta = ctx.plugin_metadata
-    names = _NAMES if meta is None else (
-        meta["limit_header"], meta["remaining_header"], meta["reset_header"])
-    headers = ctx.response.headers
-    for prefix, limit, remaining, reset in quota:
-        lname, rname, sname = names if prefix is None else (
-            _prefixed(n, prefix) for n in names)
-        # the upstream rarely sends these: one index lookup, then appends (set() rescans)
-        put = headers.set if (lname in headers or rname in headers or sname in headers) \
-            else headers.add
-        put(lname, str(limit))
-        put(rname, str(remaining))
-        put(sname, str(reset))
+    names = _NAMES if meta is None else _names_of(meta)
+    if prefix is not None:
+        names = tuple(_prefixed(n, prefix) for n in names)
+    put = ctx.set_response_header
+    put(names[0], str(limit))
+    put(names[1], str(remaining))
+    put(names[2], str(reset))
 
 
 def phases_for(conf: dict[str, Any]) -> Any:
     """Local confs keep the plain ``access`` (routes stay on the callback path); Redis confs
-    get :func:`access_redis`. ``header_filter`` only when the quota headers are shown."""
+    get :func:`access_redis`."""
     if conf["policy"] == "local":
-        return ("access", "header_filter") if conf["show_limit_quota_header"] else ("access",)
-    phases: dict[str, Any] = {"access": access_redis}
-    if conf["show_limit_quota_header"]:
-        phases["header_filter"] = None
-    return phases
+        return ("access",)
+    return {"access": access_redis}
 
 
 def init() -> None:

@@ -113,6 +113,28 @@ class UpstreamChanges:
         return ctx is not None and str(upstream_id) in ctx.upstream_table
 
 
+RESPONSE_SKIP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"transfer-encoding",
+        b"upgrade",
+        b"server",
+        b"trailer",
+    }
+)
+"""Upstream response headers never passed to the client as they are."""
+
+HEAD_BUILT: dict[bytes, tuple[str, str]] = {}
+"""``ctx.response_pending`` once the response head's ``ctx.response`` exists: headers set from
+then on go to that view only (never mutated; compared by identity)."""
+
+
+_KEYS: dict[str, bytes] = {}
+"""Header name -> its ``response_pending`` key (plugins use a few constant names)."""
+
+
 class ResponseState:
     """``ctx.response``: the response head (and current body chunk) on its way out."""
 
@@ -156,6 +178,14 @@ class RequestContext:
     matched, as APISIX's ``ctx.curr_req_matched``)."""
     upstream_state: UpstreamChanges | None = None
     response_view: ResponseState | None = None
+    response_pending: dict[bytes, tuple[str, str]] | None = None
+    """Headers :meth:`set_response_header` recorded before the response head existed (lower
+    case name as latin-1 bytes, as the upstream's head is compared -> (name, value)); the
+    kernel applies them when it builds the head. ``HEAD_BUILT`` once a view took them."""
+    response_raw: tuple[int, list[tuple[bytes, bytes]], str | None] | None = None
+    """A proxied response head forwarded without a view (no header filter): ``(status,
+    upstream headers, X-APISIX-Upstream-Status value or None)``, from which ``ctx.response``
+    is made if something reads it later (the log phase, ``$sent_http_*``)."""
     upstream_headers: Headers | None = None
     node: Node | None = None
     upstream_addrs: list[str] | None = None
@@ -290,8 +320,37 @@ class RequestContext:
     def response(self) -> ResponseState:
         view = self.response_view
         if view is None:
-            view = self.response_view = ResponseState(self.status or 200, Headers())
+            raw = self.response_raw
+            if raw is not None:  # forwarded as is: the same view a header filter would see
+                return view_from_upstream(self, *raw)
+            headers = Headers()
+            pending = self.response_pending
+            if pending:  # before the head: show what set_response_header recorded
+                for name, value in pending.values():
+                    headers.add(name, value)
+            view = self.response_view = ResponseState(self.status or 200, headers)
         return view
+
+    def set_response_header(self, name: str, value: str) -> None:
+        """``plugin_sdk.Context.set_response_header``: set now on the response head when it
+        exists, else recorded for the kernel to apply when it builds the head."""
+        view = self.response_view
+        if view is not None:
+            view.headers.set(name, value)
+        pending = self.response_pending
+        if pending is HEAD_BUILT:
+            return
+        key = _KEYS.get(name)
+        if key is None:
+            if len(_KEYS) >= 1024:
+                _KEYS.clear()
+            key = _KEYS[name] = name.lower().encode("latin-1")
+        if pending is None:
+            self.response_pending = {key: (name, value)}
+            return
+        if key in pending:
+            del pending[key]  # as Headers.set: the header moves to the end
+        pending[key] = (name, value)
 
     @property
     def log(self) -> PluginLogger:
@@ -325,3 +384,32 @@ class RequestContext:
         return c
 
     post_args = None
+
+
+def view_from_upstream(
+    ctx: RequestContext, status: int, headers: list[tuple[bytes, bytes]],
+    upstream_status: str | None,
+) -> ResponseState:
+    """``ctx.response`` for a proxied response: the upstream's head without hop-by-hop
+    headers, ``X-APISIX-Upstream-Status`` when given, then the headers plugins set before the
+    head existed (:meth:`RequestContext.set_response_header`)."""
+    resp_headers = Headers(
+        [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers
+         if n.lower() not in RESPONSE_SKIP]
+    )
+    ctx.upstream_headers = resp_headers
+    if upstream_status is not None:
+        resp_headers.set("X-APISIX-Upstream-Status", upstream_status)
+    apply_pending(ctx, resp_headers)
+    view = ctx.response_view = ResponseState(status, resp_headers)
+    return view
+
+
+def apply_pending(ctx: RequestContext, headers: Headers) -> None:
+    """Set the headers recorded by :meth:`RequestContext.set_response_header` on a response
+    head's ``headers``; later calls go to the view straight away."""
+    pending = ctx.response_pending
+    if pending:
+        for name, value in pending.values():
+            headers.set(name, value)
+    ctx.response_pending = HEAD_BUILT

@@ -11,24 +11,18 @@ from typing import TYPE_CHECKING, Any
 
 from kernel import pages
 from kernel.chain import Chain, run_response_phase, run_response_phase_async
-from kernel.context import RequestContext, ResponseState
+from kernel.context import (
+    RESPONSE_SKIP,
+    RequestContext,
+    ResponseState,
+    apply_pending,
+    view_from_upstream,
+)
 from plugin_sdk import Headers, Response
 
 if TYPE_CHECKING:
     from kernel.server import HttpProtocol, HttpRequest
 
-RESPONSE_SKIP = frozenset(
-    {
-        b"connection",
-        b"keep-alive",
-        b"proxy-connection",
-        b"transfer-encoding",
-        b"upgrade",
-        b"server",
-        b"trailer",
-    }
-)
-"""Upstream response headers never passed to the client as they are."""
 TEXT = "text/plain; charset=utf-8"
 HTML = "text/html; charset=utf-8"
 
@@ -86,6 +80,7 @@ class ResponseWriter:
                 headers.set(name, str(value))
         if upstream_status is not None:
             headers.set("X-APISIX-Upstream-Status", upstream_status)
+        apply_pending(ctx, headers)
         view = ctx.response_view = ResponseState(status, headers)
         if chain.header_filter:
             if chain.header_filter_async:
@@ -118,15 +113,10 @@ class ResponseWriter:
         self, ctx: RequestContext, status: int, headers: list[tuple[bytes, bytes]]
     ) -> ResponseState:
         """``ctx.response`` for header/body filters, from the upstream's head."""
-        resp_headers = Headers(
-            [(n.decode("latin-1"), v.decode("latin-1")) for n, v in headers
-             if n.lower() not in RESPONSE_SKIP]
-        )
-        ctx.upstream_headers = resp_headers
+        upstream_status = None
         if status >= 500 or self.show_upstream_status:
-            resp_headers.set("X-APISIX-Upstream-Status", ", ".join(ctx.upstream_statuses or ()))
-        view = ctx.response_view = ResponseState(status, resp_headers)
-        return view
+            upstream_status = ", ".join(ctx.upstream_statuses or ())
+        return view_from_upstream(ctx, status, headers, upstream_status)
 
     def head_from_view(
         self, req: HttpRequest, ctx: RequestContext, view: ResponseState, chain: Chain
@@ -146,20 +136,42 @@ class ResponseWriter:
         self, req: HttpRequest, ctx: RequestContext, status: int,
         headers: list[tuple[bytes, bytes]],
     ) -> tuple[bytes, bool, bool]:
-        """The client's response head straight from the upstream's: ``(head, chunked, no_body)``."""
+        """The client's response head straight from the upstream's: ``(head, chunked, no_body)``.
+
+        Headers plugins set before the head (``ctx.set_response_header``) replace the
+        upstream's of the same name, as on a view. ``ctx.response`` is made from the same
+        parts only if something reads it later."""
         parts = [pages.status_line(status), self._server_line]
         length_known = False
         skip = RESPONSE_SKIP
-        for name, value in headers:
-            lname = name.lower()
-            if lname in skip:
-                continue
-            if lname == b"content-length":
-                length_known = True
-            parts += (name, b": ", value, b"\r\n")
+        pending = ctx.response_pending
+        if pending:
+            length_known = b"content-length" in pending
+            for name, value in headers:
+                lname = name.lower()
+                if lname in skip or lname in pending:
+                    continue
+                if lname == b"content-length":
+                    length_known = True
+                parts += (name, b": ", value, b"\r\n")
+        else:
+            for name, value in headers:
+                lname = name.lower()
+                if lname in skip:
+                    continue
+                if lname == b"content-length":
+                    length_known = True
+                parts += (name, b": ", value, b"\r\n")
+        upstream_status = None
         if status >= 500 or self.show_upstream_status:
-            parts += (b"X-APISIX-Upstream-Status: ",
-                      ", ".join(ctx.upstream_statuses or ()).encode(), b"\r\n")
+            upstream_status = ", ".join(ctx.upstream_statuses or ())
+            parts += (b"X-APISIX-Upstream-Status: ", upstream_status.encode(), b"\r\n")
+        if pending:
+            for name_s, value_s in pending.values():
+                parts += (name_s.encode("latin-1"), b": ", value_s.encode("latin-1"), b"\r\n")
+        ctx.response_raw = (status, headers, upstream_status)
+        if ctx.response_view is not None:
+            ctx.response_view = None  # a view made before the head: ctx.response is this one
         return self._close_head(parts, req, ctx, status, length_known)
 
     def _close_head(

@@ -171,9 +171,13 @@ def _prefixed(c: RequestContext, name: str) -> Any:
         return params.get(name[10:]) if params else None
     if name.startswith("upstream_http_"):
         h = c.upstream_headers
+        if h is None and c.response_raw is not None:  # forwarded as is: make the view now
+            h = c.response.headers
         return h.get(name[14:].replace("_", "-")) if h is not None else None
     if name.startswith("sent_http_"):
         r = c.response_view
+        if r is None and c.response_raw is not None:
+            r = c.response
         return r.headers.get(name[10:].replace("_", "-")) if r is not None else None
     if name.startswith("post_arg_"):
         return _first(c.post_args().get(name[9:])) if c.post_args is not None else None

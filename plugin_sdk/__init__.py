@@ -42,7 +42,7 @@ from .runtime import SharedDict, http_client, plugin_metadata, shared_dict, ssl_
 from .template import compile_capture_template, compile_template
 from .upstream import check_upstream
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
 
 
 T = TypeVar("T")

@@ -158,6 +158,28 @@ class Context(Protocol):
         then ``access`` and the later phases run with the merged set."""
         ...
 
+    def set_response_header(self, name: str, value: str) -> None:
+        """Set ``name: value`` on this request's response, replacing the values of ``name``
+        the upstream (or a :class:`~plugin_sdk.Response`) has, as
+        ``ctx.response.headers.set`` does in ``header_filter``, but callable earlier: in
+        ``rewrite``, ``access`` or ``before_proxy`` the header is recorded and the kernel sets
+        it when it builds the response head -- a proxied response (also when the route has no
+        ``header_filter``, without building ``ctx.response`` for it), or a response the
+        gateway or a plugin generates (a rejection, an upstream error page). ``header_filter``
+        hooks then find it in ``ctx.response.headers``; so does ``ctx.response`` read before
+        the head exists. Setting the same name again replaces the earlier value (names
+        ignore case).
+
+        This is how a plugin adds headers it knows in ``access`` (``limit-count``'s
+        ``X-RateLimit-*``) without a ``header_filter`` hook of its own, which is cheaper:
+        a route whose plugins have no ``header_filter`` forwards the upstream's head without
+        making a :class:`ResponseView` of it. In ``header_filter`` it is
+        ``ctx.response.headers.set``. After the head was sent (``body_filter``, ``log``)
+        it changes nothing the client gets. Not applied to a ``101`` WebSocket handshake,
+        which no ``header_filter`` sees either.
+        """
+        ...
+
     def set_client_address(self, ip: str, port: int | None = None) -> None:
         """Replace the client's address for the rest of this request, as nginx's real-IP
         module does (the ``real-ip`` plugin calls it in ``rewrite``).

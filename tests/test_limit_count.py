@@ -128,6 +128,30 @@ def test_count_two_then_503_with_quota_headers(sixgate: GatewayHarness) -> None:
     assert sixgate.upstream is not None and len(sixgate.upstream.requests) == 2
 
 
+@pytest.mark.sixgate(plugins=["limit-count", "response-rewrite", "prometheus"])
+def test_quota_headers_replace_the_upstreams_and_header_filters_see_them(
+    sixgate: GatewayHarness,
+) -> None:
+    """The headers are set from ``access`` (no header_filter): on a route forwarding the
+    upstream's head as is they replace the upstream's own; a later header filter
+    (response-rewrite) sees them in ``ctx.response.headers``; a log hook reads them."""
+    assert sixgate.upstream is not None
+    sixgate.upstream.respond(200, "ok", headers={"X-RateLimit-Limit": "99", "X-Other": "1"})
+    rid = sixgate.add_route("/raw", plugins={"limit-count": {"count": 2, "time_window": 60},
+                                             "prometheus": {}})
+    assert sixgate.gateway.state.routes[rid].chain.header_filter == ()
+    r = sixgate.get("/raw")
+    assert r.status == 200 and r.headers["X-Other"] == "1"
+    assert r.headers.getall("X-RateLimit-Limit") == ["2"]
+    assert r.headers["X-RateLimit-Remaining"] == "1"
+    sixgate.add_route("/rw", plugins={
+        "limit-count": {"count": 2, "time_window": 60},
+        "response-rewrite": {"headers": {"remove": ["X-RateLimit-Reset"]}}})
+    r = sixgate.get("/rw")
+    assert r.headers.getall("X-RateLimit-Limit") == ["2"]
+    assert "X-RateLimit-Reset" not in r.headers and "X-RateLimit-Remaining" in r.headers
+
+
 def test_count_three_rejected_msg_and_code(sixgate: GatewayHarness) -> None:
     sixgate.add_route("/hello", plugins={"limit-count": {
         "count": 3, "time_window": 60, "rejected_code": 429, "rejected_msg": "slow down"}})

@@ -70,7 +70,8 @@ def test_version_is_semver() -> None:
     # ssl_listen_ports, plugin_metadata, Request.start_time, ctx.set_client_address and the
     # node-wide shared_counters / SharedCounters, ctx.upstream.set_upstream / has_upstream and
     # check_upstream.
-    assert plugin_sdk.__version__ == "0.3.0"
+    # 0.4.0 added ctx.set_response_header.
+    assert plugin_sdk.__version__ == "0.4.0"
 
 
 def test_public_names_are_pinned() -> None:
@@ -111,6 +112,8 @@ def test_response_and_context_shapes() -> None:
         "self", "consumer"]
     assert list(inspect.signature(plugin_sdk.Context.set_client_address).parameters) == [
         "self", "ip", "port"]
+    assert list(inspect.signature(plugin_sdk.Context.set_response_header).parameters) == [
+        "self", "name", "value"]
     assert [f for f in plugin_sdk.Consumer.__dataclass_fields__] == [
         "username", "plugins", "group_id", "labels", "desc", "credential_id"]
     assert list(inspect.signature(plugin_sdk.Consumers.find).parameters) == [
