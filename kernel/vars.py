@@ -7,9 +7,9 @@ import time
 from collections.abc import Callable
 from email.utils import formatdate
 from typing import TYPE_CHECKING, Any
-from urllib.parse import unquote_plus
 
 from kernel import APISIX_VERSION
+from plugin_sdk.log_entry import parse_query
 
 if TYPE_CHECKING:
     from kernel.context import RequestContext
@@ -17,27 +17,9 @@ if TYPE_CHECKING:
 Getter = Callable[["RequestContext"], Any]
 HOSTNAME = socket.gethostname()
 
+parse_args = parse_query
+"""Decoded query arguments (``$arg_*``, ``$args`` tables): one parser with the SDK's log entry."""
 
-def parse_args(query: str) -> dict[str, Any]:
-    """Decoded query arguments; repeated names become lists, flag args (no ``=``) are ``True``."""
-    args: dict[str, Any] = {}
-    if not query:
-        return args
-    for part in query.split("&"):
-        if not part:
-            continue
-        name, sep, value = part.partition("=")
-        if "%" in part or "+" in part:
-            name, value = unquote_plus(name), unquote_plus(value)
-        val: Any = value if sep else True
-        prev = args.get(name)
-        if prev is None:
-            args[name] = val
-        elif isinstance(prev, list):
-            prev.append(val)
-        else:
-            args[name] = [prev, val]
-    return args
 
 
 def parse_cookies(header: str | None) -> dict[str, str]:
