@@ -108,9 +108,7 @@ class Proxy(UpstreamForwarder):
         chain = route.chain
         if chain.rewrite or chain.access:
             ctx.chain = chain
-            ctx.plugin_metadata_map = state.plugin_metadata  # for ctx.plugin_metadata
-            ctx.consumers = state.consumers
-            ctx.upstream_table = state.upstreams
+            _bind(ctx, state)
             ending = _run_sync(chain.rewrite, ctx)
             if ending is None and ctx.consumer is not None:
                 # An auth plugin identified a consumer: merging its plugins (possibly async
@@ -129,9 +127,7 @@ class Proxy(UpstreamForwarder):
                 return True
         elif not chain.empty:
             ctx.chain = chain
-            ctx.plugin_metadata_map = state.plugin_metadata
-            ctx.consumers = state.consumers
-            ctx.upstream_table = state.upstreams
+            _bind(ctx, state)
         upstream = route.upstream
         assert upstream is not None and upstream.picker is not None
         node = upstream.picker.pick(ctx, None)
@@ -204,9 +200,7 @@ class Proxy(UpstreamForwarder):
     ) -> None:
         """Serve one request on the task path, then let the connection read the next one.
         ``rewritten``: the callback path already ran this chain's ``rewrite`` phase."""
-        ctx.plugin_metadata_map = state.plugin_metadata
-        ctx.consumers = state.consumers
-        ctx.upstream_table = state.upstreams
+        _bind(ctx, state)
         try:
             if route is None:
                 await self._unmatched(proto, ctx, state)
@@ -330,6 +324,14 @@ def _upstream_of(ctx: RequestContext, route: CompiledRoute) -> UpstreamRuntime |
     if changes is not None and changes.selected is not None:
         return changes.selected
     return route.upstream
+
+
+def _bind(ctx: RequestContext, state: GatewayState) -> None:
+    """Give a request that runs plugins the parts of its state they read (never the state
+    itself: see ``RequestContext.plugin_metadata_map``)."""
+    ctx.plugin_metadata_map = state.plugin_metadata  # ctx.plugin_metadata
+    ctx.consumers = state.consumers  # ctx.consumers
+    ctx.upstream_table = state.upstreams  # ctx.upstream.set_upstream(upstream_id)
 
 
 def _run_sync(steps: tuple[Any, ...], ctx: RequestContext) -> Response | None:
