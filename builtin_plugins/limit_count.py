@@ -311,6 +311,12 @@ def access(ctx: Any, conf: dict[str, Any]) -> Response | None:
         if remaining < 0:
             rejected = True
             break
+    return _finish(ctx, conf, c, quota, rejected)
+
+
+def _finish(ctx: Any, conf: dict[str, Any], c: _Compiled, quota: list[Any],
+            rejected: bool) -> Response | None:
+    """After the rules were counted: the quota headers, then the rejection if one ran out."""
     if c.headers:
         for q in quota:
             _set_quota_headers(ctx, *q)
@@ -402,13 +408,7 @@ async def access_redis(ctx: Any, conf: dict[str, Any]) -> Response | None:
         if remaining < 0:
             rejected = True
             break
-    if c.headers:
-        for q in quota:
-            _set_quota_headers(ctx, *q)
-    if rejected:
-        code, body = _limits.rejection(conf)
-        return Response(code, body)
-    return None
+    return _finish(ctx, conf, c, quota, rejected)
 
 
 # -- the response headers ---------------------------------------------------------------------
