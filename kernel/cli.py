@@ -12,6 +12,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from kernel import APISIX_VERSION, __version__
 from kernel import config as config_mod
@@ -169,14 +170,20 @@ def _run_worker(cfg: Config, slot: int = 0, supervised: bool = False) -> int:
 
 
 async def _serve(cfg: Config, slot: int = 0, supervised: bool = False) -> int:
-    from kernel.control import ControlServer, start_control
+    from kernel.control import control_address
     from kernel.gateway import Gateway
+
+    if TYPE_CHECKING:
+        from kernel.control import ControlServer
 
     gateway = Gateway(cfg, slot=slot, supervised=supervised)
     control: ControlServer | None = None
     try:
         await gateway.start()
-        if slot == 0:  # one process serves the control port, like the Admin API
+        if slot == 0 and control_address(cfg) is not None:
+            # one process serves the control port, like the Admin API (aiohttp is loaded here)
+            from kernel.control import start_control
+
             control = await start_control(gateway)
     except (OSError, StoreUnavailable) as err:
         log.error("cannot start: %s", err)

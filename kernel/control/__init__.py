@@ -12,10 +12,32 @@ Modules: :mod:`.listen` (address, port conflicts), :mod:`.server` (start/stop),
 
 from __future__ import annotations
 
-from .app import create_control_app
-from .context import ControlContext, context_for
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from .listen import control_address, listen_problem, port_conflict
-from .server import ControlServer, start_control
+
+if TYPE_CHECKING:
+    from .app import create_control_app
+    from .context import ControlContext, context_for
+    from .server import ControlServer, start_control
+
+# The app and server need aiohttp: imported on first use, so that a gateway with the control
+# API off (and the start-up checks) never loads it (aiohttp adds ~20 MiB to a worker's RSS).
+_LAZY = {
+    "create_control_app": ".app",
+    "ControlContext": ".context",
+    "context_for": ".context",
+    "ControlServer": ".server",
+    "start_control": ".server",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(module, __name__), name)
 
 __all__ = [
     "ControlContext",

@@ -28,8 +28,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cryptography import x509
-
 from kernel.encryption import DataEncryption, Keyring, decrypt_ssl
 
 __all__ = [
@@ -199,6 +197,8 @@ def _load_bytes(ctx: ssl.SSLContext, data: bytes) -> None:
 
 
 def _cert_infos(pems: Sequence[str]) -> tuple[CertInfo, ...]:
+    from cryptography import x509  # here: a gateway without certificates never loads it
+
     out = []
     for pem in pems:
         try:
