@@ -786,15 +786,16 @@ def _compile_route(rid: str, route: dict[str, Any], b: _Build) -> CompiledRoute 
             fail_status = fail_status or 502
             fail_reason = fail_reason or f"upstream {by_id} not found"
     elif route.get("upstream") is not None:
-        upstream = UpstreamRuntime(schemas.with_defaults("upstream", route["upstream"]), pool,
-                                   tls=b.tls)
+        # the route's own copy already holds the upstream schema's defaults (the route schema
+        # fills its inline upstream): no second copy per route
+        upstream = UpstreamRuntime(route["upstream"], pool, tls=b.tls)
     elif service is not None:
         sid = str(service.get("id"))
         if service.get("upstream") is not None:
             upstream = service_upstreams.get(sid)
             if upstream is None:
                 upstream = service_upstreams[sid] = UpstreamRuntime(
-                    schemas.with_defaults("upstream", service["upstream"]), pool, tls=b.tls
+                    service["upstream"], pool, tls=b.tls  # defaults filled with the service's
                 )
     websocket = route.get("enable_websocket")
     if websocket is None and service is not None:

@@ -48,6 +48,7 @@ from kernel.store.base import (
     item_key,
 )
 from kernel.store.etcd_client import Compacted, EtcdClient, KeyValue, TLSConfig
+from kernel.store.json_values import decode
 from kernel.store.resources import Entry, ResourceStore, RevisionConflict, StoreUnavailable
 
 _PROBLEM_PATH = re.compile(r"^([a-z_]+)\[(\d+)\]")
@@ -309,7 +310,7 @@ class EtcdStore(ConfigStore, ResourceStore):
     @staticmethod
     def _decode(rec: _Rec) -> Any:
         try:
-            return json.loads(rec.value)
+            return decode(rec.value)
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise _BadValue(f"invalid JSON value: {e}") from None
 
@@ -625,7 +626,7 @@ class EtcdStore(ConfigStore, ResourceStore):
     @staticmethod
     def _entry(kv: KeyValue) -> Entry:
         try:
-            value: Any = json.loads(kv.value)
+            value: Any = decode(kv.value)
         except (json.JSONDecodeError, UnicodeDecodeError):
             value = kv.value.decode("utf-8", "replace")
         return Entry(kv.key, value, kv.create_revision, kv.mod_revision)

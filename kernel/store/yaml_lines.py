@@ -28,6 +28,8 @@ from itertools import compress, repeat
 from operator import is_, itemgetter
 from typing import Any
 
+from kernel.store.json_values import decode
+
 HEADER = (
     "# Written by sixgate: one item per line (JSON objects are YAML flow mappings).\n"
     "# Edit freely in any YAML style; comments do not survive an Admin API write.\n"
@@ -96,7 +98,7 @@ class ItemLines:
             line = lines[i]
             if line.startswith(_ITEM):
                 try:
-                    item = json.loads(line[len(_ITEM) :])
+                    item = decode(line[len(_ITEM) :])
                 except ValueError:
                     return None
                 if not isinstance(item, dict | list | str):
