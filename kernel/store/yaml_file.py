@@ -401,6 +401,9 @@ class YamlFileStore(ConfigStore):
         if not isinstance(raw_item, dict):
             problems.append(self._problem(None, where, f"must be a mapping, got {_kind(raw_item)}"))
             return _DROPPED
+        if type(raw_item.get("username" if name == "consumers" else "id")) is str:
+            # already in normal form (every line the store writes): no copy per item
+            return (raw_item, raw_item, True)
         item = dict(raw_item)  # YAML aliases may share one dict between items
         if name == "consumers" and "username" in item:
             if not isinstance(item["username"], str):
