@@ -174,58 +174,13 @@ class CounterTable:
     # -- the operations -----------------------------------------------------------------------
     def incr(self, key: str, delta: int | float = 1, init: int | float = 0,
              ttl: float | None = None) -> int | float:
-        kb = key.encode()
-        klen = len(kb)
-        if klen > KEY_MAX:
-            kb, klen = _digest(kb), _DIGEST_KLEN
-        h = hash(key)
-        n = self._seg_slots
-        seg = h & self._seg_mask
-        home = (h >> self._seg_bits) % n
-        lock = self._locks[seg]
-        rc = self._acquire(lock)
-        if rc:
-            self.zone.contended(lock, rc)
-        try:
-            now = self._clock()
-            # the fast path: the key's live entry sits in its home slot (the common case)
-            mm = self._mm
-            off = self._slots_off + (seg * n + home) * SLOT_SIZE
-            found: tuple[Any, ...] | None = _SLOT.unpack_from(mm, off)
-            state, flags, ns, length, _, stored, exp, value, _ = found  # type: ignore[misc]
-            if not (stored == h and state == _LIVE and ns == self.ns and length == klen
-                    and (not exp or exp > now)
-                    and mm[off + _KEY_OFF:off + _KEY_OFF + (klen & 0x7F)] == kb):
-                off, found = self._find(seg, home, h, kb, klen, now)
-                if found is not None:
-                    flags, value = found[1], found[7]
-            if found is not None:
-                if flags & _INT:
-                    if type(delta) is int:
-                        value = int(value) + delta
-                    else:
-                        value += delta
-                        mm[off + 1] = 0
-                else:
-                    value += delta
-                _F64.pack_into(mm, off + 24, value)
-                return value
-            if not (_is_number(delta) and _is_number(init)):
-                raise TypeError("shared counters: incr() needs numbers")
-            result = init + delta
-            exp = _expiry(ttl, now)
-            off = self._claim(seg, home, off, now)
-            self._write(off, _INT if type(result) is int else 0, h, kb, klen, exp, result, 0.0)
-            return result
-        finally:
-            self._release(lock)
+        return self.incr_ttl(key, delta, init, ttl)[0]
 
     def incr_ttl(self, key: str, delta: int | float = 1, init: int | float = 0,
                  ttl: float | None = None) -> tuple[int | float, float | None]:
         """:meth:`incr` that also returns the seconds left before the key expires (``None``:
-        never), read in the same atomic step. This is limit-count's remaining and reset in one
-        call. The code is :meth:`incr`'s, kept separate so that ``incr`` stays lean; keep the
-        two in step."""
+        never), read in the same atomic step: limit-count's remaining and reset in one call.
+        :meth:`incr` is this without the second number."""
         kb = key.encode()
         klen = len(kb)
         if klen > KEY_MAX:
