@@ -6,7 +6,33 @@ from __future__ import annotations
 from typing import Any
 from urllib.parse import unquote_plus
 
-from plugin_sdk import Consumer
+from plugin_sdk import Consumer, Response
+
+ANONYMOUS_MISSING = "Invalid user authorization"
+
+
+def unauthorized(scheme: str, conf: dict[str, Any], message: str) -> Response:
+    """APISIX's 401: ``{"message": ...}`` with a ``WWW-Authenticate`` challenge for the conf's
+    realm."""
+    return Response(
+        401, {"message": message}, {"WWW-Authenticate": f'{scheme} realm="{conf["realm"]}"'}
+    )
+
+
+def anonymous(ctx: Any, conf: dict[str, Any], plugin: str, error: str,
+              ) -> tuple[Consumer | None, str]:
+    """After a failed authentication: the conf's ``anonymous_consumer`` as ``(consumer, "")``,
+    else ``(None, message for the 401)`` -- ``error`` when the conf names none,
+    :data:`ANONYMOUS_MISSING` (logged as APISIX does) when the named consumer does not exist."""
+    name = conf.get("anonymous_consumer")
+    if name is None:
+        return None, error
+    consumer = ctx.consumers.get(name)
+    if consumer is None:
+        ctx.log.error("%s failed to authenticate the request, code: 401. error: "
+                      "anonymous consumer %s not found", plugin, name)
+        return None, ANONYMOUS_MISSING
+    return consumer, ""
 
 
 def identify(ctx: Any, consumer: Consumer) -> None:

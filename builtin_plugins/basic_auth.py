@@ -26,7 +26,7 @@ import hmac
 import re
 from typing import Any
 
-from builtin_plugins._auth import identify
+from builtin_plugins._auth import anonymous, identify, unauthorized
 from plugin_sdk import Consumer, Response, hookimpl
 
 name = "basic-auth"
@@ -98,28 +98,13 @@ def _find(ctx: Any) -> tuple[Consumer | None, str]:
     return consumer, ""
 
 
-
-
-def _unauthorized(conf: dict[str, Any], message: str) -> Response:
-    return Response(
-        401, {"message": message}, {"WWW-Authenticate": f'Basic realm="{conf["realm"]}"'}
-    )
-
-
 @hookimpl
 def rewrite(ctx: Any, conf: dict[str, Any]) -> Response | None:
     consumer, error = _find(ctx)
     if consumer is None:
-        anonymous = conf.get("anonymous_consumer")
-        if anonymous is None:
-            return _unauthorized(conf, error)
-        consumer = ctx.consumers.get(anonymous)
+        consumer, error = anonymous(ctx, conf, name, error)
         if consumer is None:
-            ctx.log.error(
-                "basic-auth failed to authenticate the request, code: 401. error: "
-                "anonymous consumer %s not found", anonymous,
-            )
-            return _unauthorized(conf, WRONG_USER)
+            return unauthorized("Basic", conf, error)
     if conf["hide_credentials"]:
         ctx.upstream.remove_header("Authorization")
     identify(ctx, consumer)

@@ -36,7 +36,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from builtin_plugins._auth import drop_query_arg, identify
+from builtin_plugins._auth import anonymous, drop_query_arg, identify, unauthorized
 from plugin_sdk import ConfCache, Consumer, Response, hookimpl
 
 name = "jwt-auth"
@@ -228,8 +228,6 @@ def _claims_ok(payload: dict[str, Any], required: Any, grace: float) -> bool:
 # -- the request ------------------------------------------------------------------------------
 
 
-
-
 def _drop_cookie(ctx: Any, cookie: str) -> None:
     """Send ``Cookie`` upstream without the cookie ``cookie`` (removed when nothing is left)."""
     pairs = []
@@ -295,27 +293,12 @@ def _find(ctx: Any, conf: dict[str, Any]) -> tuple[Consumer | None, str]:
     return consumer, ""
 
 
-
-
-def _unauthorized(conf: dict[str, Any], message: str) -> Response:
-    return Response(
-        401, {"message": message}, {"WWW-Authenticate": f'Bearer realm="{conf["realm"]}"'}
-    )
-
-
 @hookimpl
 def rewrite(ctx: Any, conf: dict[str, Any]) -> Response | None:
     consumer, error = _find(ctx, conf)
     if consumer is None:
-        anonymous = conf.get("anonymous_consumer")
-        if anonymous is None:
-            return _unauthorized(conf, error)
-        consumer = ctx.consumers.get(anonymous)
+        consumer, error = anonymous(ctx, conf, name, error)
         if consumer is None:
-            ctx.log.error(
-                "jwt-auth failed to authenticate the request, code: 401. error: "
-                "anonymous consumer %s not found", anonymous,
-            )
-            return _unauthorized(conf, "Invalid user authorization")
+            return unauthorized("Bearer", conf, error)
     identify(ctx, consumer)
     return None

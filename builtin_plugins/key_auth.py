@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from builtin_plugins._auth import drop_query_arg, identify
+from builtin_plugins._auth import anonymous, drop_query_arg, identify, unauthorized
 from plugin_sdk import Response, hookimpl
 
 name = "key-auth"
@@ -51,16 +51,6 @@ consumer_schema: dict[str, Any] = {
 encrypt_fields = ("key",)
 
 
-
-
-
-
-def _unauthorized(conf: dict[str, Any], message: str) -> Response:
-    return Response(
-        401, {"message": message}, {"WWW-Authenticate": f'apikey realm="{conf["realm"]}"'}
-    )
-
-
 @hookimpl
 def rewrite(ctx: Any, conf: dict[str, Any]) -> Response | None:
     header = conf["header"]
@@ -75,16 +65,9 @@ def rewrite(ctx: Any, conf: dict[str, Any]) -> Response | None:
         consumer = ctx.consumers.find(name, "key", key)
         error = "Invalid API key in request"
     if consumer is None:
-        anonymous = conf.get("anonymous_consumer")
-        if anonymous is None:
-            return _unauthorized(conf, error)
-        consumer = ctx.consumers.get(anonymous)
+        consumer, error = anonymous(ctx, conf, name, error)
         if consumer is None:
-            ctx.log.error(
-                "key-auth failed to authenticate the request, code: 401. error: "
-                "anonymous consumer %s not found", anonymous,
-            )
-            return _unauthorized(conf, "Invalid user authorization")
+            return unauthorized("apikey", conf, error)
     elif conf["hide_credentials"]:
         if from_header:
             ctx.upstream.remove_header(header)
