@@ -21,7 +21,7 @@ import os
 import re
 import socket
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -575,6 +575,30 @@ def ssl_listen_addresses(cfg: Config, *, ipv6: bool | None = None) -> list[tuple
     if not cfg.get("apisix.ssl.enable", True):
         return []
     return _addresses(cfg.get("apisix.ssl.listen", []), 9443, _ipv6(cfg, ipv6))
+
+
+def listener_conflict(cfg: Config, port: int, name: str,
+                      others: Sequence[tuple[str, int]] = ()) -> str | None:
+    """``sixgate start``'s check that the ``name`` port (``control``, ``prometheus``) is not
+    also the Admin API's, one of ``others`` (``(name, port)``) or a proxy port, worded as
+    ``apisix start`` words it (``None``: no conflict)."""
+    from kernel.store.factory import admin_enabled, mode
+
+    if admin_enabled(cfg):
+        listen = cfg.get("deployment.admin.admin_listen") or {}
+        if int(listen.get("port", 9180)) == port:
+            return f"{name} port {port} conflicts with admin port"
+    for other, other_port in others:
+        if other_port == port:
+            return f"{name} port {port} conflicts with {other} port"
+    if mode(cfg)[0] != "control_plane":
+        for _, http_port in listen_addresses(cfg, ipv6=False):
+            if http_port == port:
+                return f"http listen port {port} conflicts with {name} port"
+        for _, https_port in ssl_listen_addresses(cfg, ipv6=False):
+            if https_port == port:
+                return f"https listen port {port} conflicts with {name} port"
+    return None
 
 
 def worker_processes(cfg: Config) -> int:

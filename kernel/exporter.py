@@ -97,27 +97,13 @@ def export_settings(cfg: Config) -> ExportSettings | None:
 def port_conflict(cfg: Config) -> str | None:
     """``sixgate start``'s check: the export port may not be another listener's port."""
     from kernel.control.listen import control_address
-    from kernel.store.factory import admin_enabled, mode
 
     settings = export_settings(cfg)
     if settings is None:
         return None
-    port = settings.port
-    if admin_enabled(cfg):
-        listen = cfg.get("deployment.admin.admin_listen") or {}
-        if int(listen.get("port", 9180)) == port:
-            return f"prometheus port {port} conflicts with admin port"
     control = control_address(cfg)
-    if control is not None and control[1] == port:
-        return f"prometheus port {port} conflicts with control port"
-    if mode(cfg)[0] != "control_plane":
-        for _, http_port in config_mod.listen_addresses(cfg, ipv6=False):
-            if http_port == port:
-                return f"http listen port {port} conflicts with prometheus port"
-        for _, https_port in config_mod.ssl_listen_addresses(cfg, ipv6=False):
-            if https_port == port:
-                return f"https listen port {port} conflicts with prometheus port"
-    return None
+    others = (("control", control[1]),) if control is not None else ()
+    return config_mod.listener_conflict(cfg, settings.port, "prometheus", others)
 
 
 # --- the node's own gauges -----------------------------------------------------------------------

@@ -28,24 +28,10 @@ def control_address(cfg: Config) -> tuple[str, int] | None:
 def port_conflict(cfg: Config) -> str | None:
     """APISIX's start-up check, for the control port: ``control port 9180 conflicts with admin
     port`` / ``http listen port 9090 conflicts with control port`` (``None``: no conflict)."""
-    from kernel.store.factory import admin_enabled, mode
-
     control = control_address(cfg)
     if control is None:
         return None
-    port = control[1]
-    if admin_enabled(cfg):
-        listen = cfg.get("deployment.admin.admin_listen") or {}
-        if int(listen.get("port", 9180)) == port:
-            return f"control port {port} conflicts with admin port"
-    if mode(cfg)[0] != "control_plane":
-        for _, http_port in config_mod.listen_addresses(cfg, ipv6=False):
-            if http_port == port:
-                return f"http listen port {port} conflicts with control port"
-        for _, https_port in config_mod.ssl_listen_addresses(cfg, ipv6=False):
-            if https_port == port:
-                return f"https listen port {port} conflicts with control port"
-    return None
+    return config_mod.listener_conflict(cfg, control[1], "control")
 
 
 def probe(host: str, port: int) -> None:
