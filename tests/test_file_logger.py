@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import gzip
 import json
 import os
@@ -20,6 +19,7 @@ import pytest
 
 import builtin_plugins.file_logger as file_logger
 from plugin_sdk.testing import ConfigRejected, GatewayHarness
+from tests.support.served import ServedApp
 
 pytestmark = pytest.mark.sixgate(plugins=["file-logger", "proxy-rewrite"])
 
@@ -216,55 +216,26 @@ def test_include_req_body_expr(sixgate: GatewayHarness, tmp_path: Path) -> None:
 # -- FAQ: compressed upstream bodies --------------------------------------------------------------
 
 
-class GzipUpstream:
+class GzipUpstream(ServedApp):
     """An upstream that gzips ``hello world`` when the request accepts gzip."""
 
     def __init__(self) -> None:
-        self.port = 0
         self.accept_encodings: list[str | None] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
-    def start(self) -> GzipUpstream:
+    async def _hello(self, request: Any) -> Any:
         from aiohttp import web
 
-        async def hello(request: Any) -> Any:
-            accept = request.headers.get("Accept-Encoding")
-            self.accept_encodings.append(accept)
-            body = b"hello world\n"
-            headers = {"Content-Type": "text/plain"}
-            if accept and "gzip" in accept:
-                body = gzip.compress(body)
-                headers["Content-Encoding"] = "gzip"
-            return web.Response(body=body, headers=headers)
+        accept = request.headers.get("Accept-Encoding")
+        self.accept_encodings.append(accept)
+        body = b"hello world\n"
+        headers = {"Content-Type": "text/plain"}
+        if accept and "gzip" in accept:
+            body = gzip.compress(body)
+            headers["Content-Encoding"] = "gzip"
+        return web.Response(body=body, headers=headers)
 
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            app = web.Application()
-            app.router.add_get("/hello", hello)
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-            loop.run_until_complete(web.SockSite(runner, sock).start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(5)
+    def routes(self, app: Any) -> None:
+        app.router.add_get("/hello", self._hello)
 
 
 @pytest.fixture

@@ -21,6 +21,7 @@ import builtin_plugins.file_logger as file_logger
 import builtin_plugins.http_logger as http_logger
 from plugin_sdk.batch import BatchProcessor, BatchSendError, PendingCounter, drain
 from plugin_sdk.testing import ConfigRejected, GatewayHarness, MockUpstream, run_phase
+from tests.support.served import ServedApp
 from tests.support.tls import CA, load_pair
 
 pytestmark = pytest.mark.sixgate(plugins=["http-logger", "file-logger"])
@@ -41,21 +42,20 @@ class Post:
         return json.loads(self.body)
 
 
-class Collector:
+class Collector(ServedApp):
     """A real HTTP(S) log collector (aiohttp, own thread) recording every POST.
 
     ``fail_next``: that many next requests get ``500 collector down``; ``delay``: seconds
     before answering; ``hang``: never answer."""
 
+    thread_name = "test-collector"
+
     def __init__(self, tls: ssl.SSLContext | None = None) -> None:
-        self.tls = tls
-        self.port = 0
+        self.tls = self.ssl_context = tls
         self.posts: list[Post] = []
         self.fail_next = 0
         self.delay = 0.0
         self._cond = threading.Condition()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
 
     @property
     def uri(self) -> str:
@@ -94,35 +94,8 @@ class Collector:
             out.extend(data if isinstance(data, list) else [data])
         return out
 
-    def start(self) -> Collector:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            sock = socket.socket()
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-            loop.run_until_complete(web.SockSite(runner, sock, ssl_context=self.tls).start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, name="test-collector", daemon=True)
-        self._thread.start()
-        assert ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(5)
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self._handle)
 
 
 @pytest.fixture

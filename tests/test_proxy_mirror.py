@@ -6,13 +6,11 @@ mirror."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import gc
 import http.client
 import logging
 import ssl
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -23,6 +21,7 @@ import pytest
 import builtin_plugins.proxy_mirror as proxy_mirror
 from kernel.plugins.manager import PluginInfo, PluginRegistry, check_conf, prepare_conf
 from plugin_sdk.testing import ConfigRejected, GatewayHarness, MockUpstream, make_context, run_phase
+from tests.support.served import ServedApp
 from tests.support.upstream import free_port
 
 PLUGINS = ["proxy-mirror", "proxy-rewrite", "fault-injection"]
@@ -376,16 +375,13 @@ def test_grpc_host_is_not_mirrored(sixgate: GatewayHarness, mirror: MockUpstream
 # -- https mirror ----------------------------------------------------------------------------------
 
 
-class _TlsMirror:
+class _TlsMirror(ServedApp):
     """A recording HTTPS server with a self-signed certificate."""
 
     def __init__(self, cert: Path, key: Path) -> None:
         self.requests: list[tuple[str, str, str | None, bytes]] = []
-        self.port = 0
-        self._ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        self._ctx.load_cert_chain(cert, key)
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self.ssl_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        self.ssl_context.load_cert_chain(cert, key)
 
     async def _handle(self, request: Any) -> Any:
         from aiohttp import web
@@ -395,35 +391,8 @@ class _TlsMirror:
                               body))
         return web.Response(text="ok")
 
-    def start(self) -> _TlsMirror:
-        from aiohttp import web
-
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = self._loop = asyncio.new_event_loop()
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", self._handle)
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=self._ctx)
-            loop.run_until_complete(site.start())
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        ready.wait(10)
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(5)
+    def routes(self, app: Any) -> None:
+        app.router.add_route("*", "/{tail:.*}", self._handle)
 
 
 def _self_signed(tmp_path: Path) -> tuple[Path, Path]:

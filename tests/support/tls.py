@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime
 import http.client
 import ipaddress
@@ -19,7 +18,6 @@ import os
 import socket
 import ssl
 import tempfile
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +27,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from tests.support.served import ServedApp
 from tests.support.upstream import free_port
 
 _NOW = datetime.datetime.now(datetime.UTC)
@@ -183,7 +182,7 @@ def tls_request(port: int, sni: str | None, path: str = "/", *, host: str | None
         conn.close()
 
 
-class TlsUpstream:
+class TlsUpstream(ServedApp):
     """An HTTPS upstream on 127.0.0.1: ``/info`` answers ``{"sni", "client", "path"}`` (the
     SNI it was reached with, its client certificate's common name); anything else
     ``tls <port> <path>``. With ``client_ca`` a client certificate is required."""
@@ -197,8 +196,7 @@ class TlsUpstream:
             self.ctx.verify_mode = ssl.CERT_REQUIRED
         self.snis: list[str | None] = []
         self.ctx.sni_callback = self._on_sni
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self.ssl_context = self.ctx
 
     def _on_sni(self, _obj: Any, name: str | None, _ctx: Any) -> None:
         self.snis.append(name)
@@ -216,31 +214,5 @@ class TlsUpstream:
                                       "client": cn, "path": request.path})
         return web.Response(text=f"tls {self.port} {request.path}\n")
 
-    def start(self) -> TlsUpstream:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application()
-            app.router.add_route("*", "/{tail:.*}", self._any)
-            runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(runner.setup())
-            site = web.TCPSite(runner, "127.0.0.1", self.port, ssl_context=self.ctx)
-            loop.run_until_complete(site.start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("TLS upstream did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(5)
+    def routes(self, app: web.Application) -> None:
+        app.router.add_route("*", "/{tail:.*}", self._any)

@@ -13,10 +13,11 @@ import asyncio
 import gzip
 import json
 import socket
-import threading
 from typing import Any
 
 from aiohttp import WSMsgType, web
+
+from tests.support.served import ServedApp
 
 
 def free_port() -> int:
@@ -25,16 +26,13 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-class Upstream:
+class Upstream(ServedApp):
     """Start with :meth:`start`; ``port``, ``hits`` (path → count), ``requests`` (last 100)."""
 
     def __init__(self, port: int | None = None) -> None:
         self.port = port or free_port()
         self.hits: dict[str, int] = {}
         self.requests: list[dict[str, Any]] = []
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._runner: web.AppRunner | None = None
-        self._thread: threading.Thread | None = None
 
     # --- handlers ---------------------------------------------------------------------
     async def _record(self, request: web.Request) -> dict[str, Any]:
@@ -108,32 +106,6 @@ class Upstream:
         return ws
 
     # --- lifecycle --------------------------------------------------------------------
-    def start(self) -> Upstream:
-        ready = threading.Event()
-
-        def run() -> None:
-            loop = asyncio.new_event_loop()
-            self._loop = loop
-            app = web.Application()
-            app.router.add_get("/ws", self._ws)
-            app.router.add_route("*", "/{tail:.*}", self._any)
-            self._runner = web.AppRunner(app, access_log=None)
-            loop.run_until_complete(self._runner.setup())
-            site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-            loop.run_until_complete(site.start())
-            ready.set()
-            loop.run_forever()
-            loop.run_until_complete(self._runner.cleanup())
-            loop.close()
-
-        self._thread = threading.Thread(target=run, daemon=True)
-        self._thread.start()
-        if not ready.wait(10):
-            raise RuntimeError("upstream did not start")
-        return self
-
-    def stop(self) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-        if self._thread is not None:
-            self._thread.join(5)
+    def routes(self, app: web.Application) -> None:
+        app.router.add_get("/ws", self._ws)
+        app.router.add_route("*", "/{tail:.*}", self._any)
