@@ -9,6 +9,7 @@ import pytest
 
 from tests.support.etcd import EtcdServer
 from tests.support.gateway import GatewayProcess
+from tests.support.redis import RedisServer
 from tests.support.upstream import Upstream
 
 
@@ -30,6 +31,15 @@ def upstream2() -> Iterator[Upstream]:
 def etcd() -> Iterator[EtcdServer]:
     """A real etcd of its own on free loopback ports (Debian's etcd-server)."""
     server = EtcdServer().start()
+    yield server
+    server.cleanup()
+
+
+@pytest.fixture(scope="module")
+def redis_server() -> Iterator[RedisServer]:
+    """A real redis-server of its own on a free loopback port (the limit plugins' redis
+    policy)."""
+    server = RedisServer().start()
     yield server
     server.cleanup()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -35,13 +35,6 @@ def info() -> PluginInfo:
     found = PluginRegistry([limit_conn]).get("limit-conn")
     assert found is not None
     return found
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.cleanup()
 
 
 def slow_route(sixgate: GatewayHarness, conf: dict[str, Any], **kw: Any) -> str:

@@ -10,7 +10,7 @@ import os
 import signal
 import textwrap
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -41,13 +41,6 @@ def info() -> PluginInfo:
     found = PluginRegistry([limit_count]).get("limit-count")
     assert found is not None
     return found
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.cleanup()
 
 
 def statuses(sixgate: GatewayHarness, path: str, n: int, **kw: Any) -> list[int]:

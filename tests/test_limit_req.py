@@ -5,7 +5,7 @@ and the redis policy against a real redis-server (two gateways sharing one bucke
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -30,13 +30,6 @@ def info() -> PluginInfo:
     found = PluginRegistry([limit_req]).get("limit-req")
     assert found is not None
     return found
-
-
-@pytest.fixture(scope="module")
-def redis_server() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    yield server
-    server.cleanup()
 
 
 def statuses(sixgate: GatewayHarness, path: str, n: int, **kw: Any) -> list[int]:
