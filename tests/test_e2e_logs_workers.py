@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from kernel.accesslog import compile_format
-from tests.support.gateway import GatewayProcess, wait_until
+from tests.support.gateway import GatewayProcess, child_pids, wait_until
 
 
 def node(up: Any) -> dict[str, Any]:
@@ -82,29 +82,17 @@ def test_error_log_level_and_file(tmp_path: Path, upstream: Any) -> None:
         g.stop()
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
 
 def test_two_workers_share_the_port_and_restart(tmp_path: Path, upstream: Any) -> None:
     g = GatewayProcess(tmp_path, {"nginx_config": {"worker_processes": 2}})
     g.start({"routes": [{"id": 1, "uri": "/hello", "upstream": node(upstream)}]})
     try:
         assert g.proc is not None
-        workers = wait_until(lambda: len(_children(g.proc.pid)) == 2 and _children(g.proc.pid))
+        workers = wait_until(lambda: len(child_pids(g.proc.pid)) == 2 and child_pids(g.proc.pid))
         assert all(g.get("/hello").status == 200 for _ in range(20))
         os.kill(workers[0], signal.SIGKILL)
         replaced = wait_until(
-            lambda: (kids := _children(g.proc.pid)) and len(kids) == 2
+            lambda: (kids := child_pids(g.proc.pid)) and len(kids) == 2
             and workers[0] not in kids and kids,
             timeout=10,
         )

@@ -29,7 +29,7 @@ from kernel.metrics import LocalCollector, cumulative_part, merge
 from plugin_sdk import metrics as sdk_metrics
 from plugin_sdk.testing import GatewayHarness
 from tests.support.etcd import EtcdServer
-from tests.support.gateway import REPO, GatewayProcess, wait_port, wait_until
+from tests.support.gateway import REPO, GatewayProcess, child_pids, wait_port, wait_until
 from tests.support.upstream import Upstream, free_port
 
 BUCKETS = ["1", "2", "5", "10", "20", "50", "100", "200", "500", "1000", "2000", "5000", "10000",
@@ -343,18 +343,6 @@ def node(up: Upstream) -> dict[str, Any]:
     return {"type": "roundrobin", "nodes": {f"127.0.0.1:{up.port}": 1}}
 
 
-def children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return sorted(out)
-
 
 def serving_pid(conn: http.client.HTTPConnection, gateway_port: int, pids: list[int]) -> int:
     """The worker holding the gateway's end of the (open) client connection ``conn``."""
@@ -398,7 +386,7 @@ def test_two_workers_one_scrape_and_a_killed_worker(tmp_path: Path, upstream: Up
     try:
         proc = g.proc
         assert proc is not None
-        workers = wait_until(lambda: len(kids := children(proc.pid)) == 2 and kids, timeout=10)
+        workers = wait_until(lambda: len(kids := child_pids(proc.pid)) == 2 and kids, timeout=10)
         wait_port(export_port)
         # N requests on connections spread over both workers (SO_REUSEPORT)
         conns = [http.client.HTTPConnection("127.0.0.1", g.port, timeout=10) for _ in range(24)]
@@ -421,7 +409,7 @@ def test_two_workers_one_scrape_and_a_killed_worker(tmp_path: Path, upstream: Up
                 or 0) >= 24
         # a killed worker: what a scrape showed stays counted, exactly once
         os.kill(workers[0], signal.SIGKILL)
-        replaced = wait_until(lambda: len(kids := children(proc.pid)) == 2
+        replaced = wait_until(lambda: len(kids := child_pids(proc.pid)) == 2
                               and workers[0] not in kids and kids, timeout=15)
         assert status_total(scrape(export_port), "1") == 48
         wait_until(lambda: g.get("/hello").status == 200, timeout=10)  # 1 request

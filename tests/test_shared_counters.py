@@ -34,7 +34,7 @@ from kernel.counters import (
 )
 from plugin_sdk.counters import SharedCounters, shared_counters
 from plugin_sdk.testing import GatewayHarness
-from tests.support.gateway import REPO, GatewayProcess, wait_until
+from tests.support.gateway import REPO, GatewayProcess, child_pids, wait_until
 
 ROBUST = pytest.param(True, id="robust-mutex")
 SEMAPHORE = pytest.param(False, id="semaphore")
@@ -465,18 +465,6 @@ def test_counts_survive_a_plugin_reload(sixgate: GatewayHarness) -> None:
     assert shared_counters("test.node-count").get("reload") == 4
 
 
-def _children(pid: int) -> list[int]:
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                out.append(int(entry))
-    return out
-
 
 def test_two_workers_count_into_the_same_counters(tmp_path: Path, upstream: Any) -> None:
     plugins = tmp_path / "plugins"
@@ -508,14 +496,14 @@ def test_two_workers_count_into_the_same_counters(tmp_path: Path, upstream: Any)
     try:
         assert g.proc is not None
         supervisor = g.proc.pid
-        workers = wait_until(lambda: len(kids := _children(supervisor)) == 2 and kids, 10)
+        workers = wait_until(lambda: len(kids := child_pids(supervisor)) == 2 and kids, 10)
         wait_until(lambda: serving(set(workers)), 15)  # both workers accept connections
         first = burst(120)
         assert sorted(n for n, _ in first) == list(range(1, 121))  # no gap, no duplicate
         assert {pid for _, pid in first} == {str(p) for p in workers}
         # a worker killed and restarted maps the same counters
         os.kill(workers[0], signal.SIGKILL)
-        kids = wait_until(lambda: len(k := _children(supervisor)) == 2
+        kids = wait_until(lambda: len(k := child_pids(supervisor)) == 2
                           and workers[0] not in k and k, 10)
         wait_until(lambda: serving(set(kids)), 15)
         second = burst(60)

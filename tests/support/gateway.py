@@ -31,6 +31,20 @@ def wait_port(port: int, timeout: float = 15.0) -> None:
     raise TimeoutError(f"port {port} not open after {timeout}s")
 
 
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (a supervisor's workers), sorted."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                out.append(int(entry))
+    return sorted(out)
+
+
 def wait_until(check: Callable[[], Any], timeout: float = 5.0, interval: float = 0.02) -> Any:
     """Poll ``check`` until it returns a truthy value; returns it (or raises TimeoutError)."""
     deadline = time.monotonic() + timeout
