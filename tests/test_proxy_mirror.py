@@ -7,7 +7,6 @@ mirror."""
 from __future__ import annotations
 
 import datetime
-import gc
 import http.client
 import logging
 import ssl
@@ -28,14 +27,6 @@ PLUGINS = ["proxy-mirror", "proxy-rewrite", "fault-injection"]
 pytestmark = pytest.mark.sixgate(plugins=PLUGINS)
 
 _HOST_PATTERN = r"^(http(s)?|grpc(s)?):\/\/([\da-zA-Z.-]+|\[[\da-fA-F:]+\])(:\d+)?$"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _collect_garbage() -> Iterator[None]:
-    # Request contexts are freed by the cyclic GC; collect this module's before the next
-    # module counts per-conf cache entries (tests/test_proxy_rewrite_unit.py does).
-    yield
-    gc.collect()
 
 
 @pytest.fixture(scope="module")

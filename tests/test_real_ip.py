@@ -7,9 +7,7 @@ the upstream receives -- through a real gateway (the SDK test kit) and on the re
 
 from __future__ import annotations
 
-import gc
 import http.client
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,14 +28,6 @@ pytestmark = pytest.mark.sixgate(plugins=["real-ip", "proxy-rewrite", "proxy-mir
 _SHOW = {"proxy-rewrite": {"headers": {"set": {"X-Client": "$remote_addr",
                                                "X-Client-Port": "$remote_port",
                                                "X-Peer": "$realip_remote_addr"}}}}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _collect_garbage() -> Iterator[None]:
-    # Request contexts are freed by the cyclic GC: collect this module's before later modules
-    # count per-conf cache entries.
-    yield
-    gc.collect()
 
 
 @pytest.fixture(scope="module")
